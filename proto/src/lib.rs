@@ -1,0 +1,115 @@
+//! Protocol of the MCPlexer vault: the generated prost messages and tonic
+//! services of `mcplexer/v1`, and [`connect`], the client-side helper that
+//! opens a channel over the vault's Unix socket.
+//!
+//! Trust: nothing here authenticates anyone. The vault authorises each call
+//! from the socket's peer credentials; clients only need to reach the socket.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use tokio::net::UnixStream;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+/// Generated code of the `mcplexer.v1` package.
+#[allow(missing_docs, clippy::all)]
+pub mod v1 {
+    tonic::include_proto!("mcplexer.v1");
+}
+
+/// The largest gRPC message either side accepts (4 MiB).
+pub const MAX_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
+
+/// Metadata key carrying the vault's stable error code (e.g. `NOT_FOUND`).
+pub const ERROR_CODE_KEY: &str = "mcplexer-error-code";
+
+/// Metadata key carrying the command that fixes an error, when there is one.
+pub const ERROR_FIX_KEY: &str = "mcplexer-error-fix";
+
+/// Environment variable naming the vault socket for clients.
+pub const SOCKET_ENV: &str = "MCPLEXER_VAULT_SOCKET";
+
+/// Socket of a system-mode vault.
+pub const SYSTEM_SOCKET: &str = "/run/mcplexer/vault.sock";
+
+/// Why a channel to the vault could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// The socket could not be reached (missing, refused, no permission).
+    #[error("cannot connect to the vault at {path}: {source}")]
+    Io {
+        /// The socket path that was tried.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The HTTP/2 channel could not be set up over the socket.
+    #[error("cannot open a gRPC channel to the vault at {path}: {source}")]
+    Transport {
+        /// The socket path that was tried.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: tonic::transport::Error,
+    },
+}
+
+/// The socket a client uses when none is given: `$MCPLEXER_VAULT_SOCKET`, else
+/// the user-mode socket if it exists, else the system socket.
+pub fn default_socket() -> PathBuf {
+    if let Some(path) = std::env::var_os(SOCKET_ENV).filter(|p| !p.is_empty()) {
+        return PathBuf::from(path);
+    }
+    if let Some(runtime) = std::env::var_os("XDG_RUNTIME_DIR").filter(|p| !p.is_empty()) {
+        let user = PathBuf::from(runtime).join("mcplexer").join("vault.sock");
+        if user.exists() {
+            return user;
+        }
+    }
+    PathBuf::from(SYSTEM_SOCKET)
+}
+
+/// Opens a channel to the vault listening on the Unix socket `path`.
+///
+/// The connection is made eagerly, so a missing socket or a permission
+/// problem is reported here rather than on the first call.
+pub async fn connect(path: &Path) -> Result<Channel, ConnectError> {
+    // Probe once so the error names the socket and the OS reason.
+    UnixStream::connect(path)
+        .await
+        .map_err(|source| ConnectError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+    let socket = path.to_owned();
+    // The URI is required by the API but never used: the connector below
+    // always dials the Unix socket.
+    Endpoint::from_static("http://vault.invalid")
+        .connect_timeout(Duration::from_secs(5))
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let socket = socket.clone();
+            async move { UnixStream::connect(socket).await.map(TokioIo::new) }
+        }))
+        .await
+        .map_err(|source| ConnectError::Transport {
+            path: path.to_owned(),
+            source,
+        })
+}
+
+/// An Admin client with the vault's message size limits.
+pub fn admin_client(channel: Channel) -> v1::admin_client::AdminClient<Channel> {
+    v1::admin_client::AdminClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_SIZE)
+        .max_encoding_message_size(MAX_MESSAGE_SIZE)
+}
+
+/// A Vault client with the vault's message size limits.
+pub fn vault_client(channel: Channel) -> v1::vault_client::VaultClient<Channel> {
+    v1::vault_client::VaultClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_SIZE)
+        .max_encoding_message_size(MAX_MESSAGE_SIZE)
+}
