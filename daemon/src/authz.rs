@@ -1,0 +1,347 @@
+//! Authorisation: the peer's kernel credentials → a [`Caller`], the
+//! deny-by-default table of which role may call which RPC, and the object
+//! rules of DESIGN §2 (owners manage their objects; credentials go to the
+//! owner and the grantees of a scope, and to nobody else — admins included).
+//!
+//! Trust: only SO_PEERCRED and SO_PEERGROUPS, read by the kernel when the
+//! peer connected, decide who a caller is. Nothing a peer sends does.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use crate::error::{Result, VaultError};
+use crate::model::{ConfigState, OwnerSpec, ScopeSpec};
+use crate::store::Snapshot;
+use crate::sys;
+
+/// The peer of a connection, as the kernel saw it at `connect(2)`.
+#[derive(Clone, Debug)]
+pub struct PeerInfo {
+    /// Effective uid.
+    pub uid: u32,
+    /// Effective gid.
+    pub gid: u32,
+    /// Process id (0 if the kernel did not report one).
+    pub pid: u32,
+    /// Supplementary groups.
+    pub groups: Vec<u32>,
+}
+
+/// What a caller may do in general; objects narrow it further.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// uid 0, the admin group, or (user mode) the daemon's own uid.
+    Admin,
+    /// Any other peer allowed to connect.
+    User,
+}
+
+impl Role {
+    /// The lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Admin => "admin",
+            Self::User => "user",
+        }
+    }
+}
+
+/// An authenticated caller.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    /// The peer's credentials.
+    pub peer: PeerInfo,
+    /// Its role.
+    pub role: Role,
+}
+
+impl Caller {
+    /// Whether the caller is an admin.
+    pub fn is_admin(&self) -> bool {
+        self.role == Role::Admin
+    }
+
+    /// The caller's uid.
+    pub fn uid(&self) -> u32 {
+        self.peer.uid
+    }
+
+    fn in_group(&self, gid: u32) -> bool {
+        self.peer.gid == gid || self.peer.groups.contains(&gid)
+    }
+
+    /// Whether the caller may change or delete an object owned by `owner`.
+    pub fn may_manage(&self, owner: Option<&OwnerSpec>) -> bool {
+        self.is_admin() || owner.and_then(OwnerSpec::uid) == Some(self.uid())
+    }
+}
+
+/// Who may call an RPC.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Access {
+    /// Admins only.
+    Admin,
+    /// Any caller; the handler checks ownership and grants.
+    Any,
+}
+
+/// Every RPC the daemon serves and who may call it. An RPC that is not listed
+/// is refused for everyone.
+const RPC_TABLE: &[(&str, Access)] = &[
+    ("Admin/Status", Access::Any),
+    ("Admin/Apply", Access::Any),
+    ("Admin/Export", Access::Any),
+    ("Admin/ListScopes", Access::Any),
+    ("Admin/GetScope", Access::Any),
+    ("Admin/CreateScope", Access::Any),
+    ("Admin/DeleteScope", Access::Any),
+    ("Admin/SetSecret", Access::Any),
+    ("Admin/ListSecrets", Access::Any),
+    ("Admin/DeleteSecret", Access::Any),
+    ("Admin/ListProviders", Access::Any),
+    ("Admin/GetProvider", Access::Any),
+    ("Admin/CreateProvider", Access::Any),
+    ("Admin/DeleteProvider", Access::Any),
+    ("Admin/SetProviderSecret", Access::Any),
+    ("Admin/ListServers", Access::Any),
+    ("Admin/GetServer", Access::Any),
+    ("Admin/CreateServer", Access::Any),
+    ("Admin/DeleteServer", Access::Any),
+    ("Admin/ListWorkspaces", Access::Any),
+    ("Admin/GetWorkspace", Access::Any),
+    ("Admin/CreateWorkspace", Access::Any),
+    ("Admin/DeleteWorkspace", Access::Any),
+    ("Admin/ListRoutes", Access::Any),
+    ("Admin/GetRoute", Access::Any),
+    ("Admin/CreateRoute", Access::Any),
+    ("Admin/DeleteRoute", Access::Any),
+    ("Admin/QueryAudit", Access::Any),
+    ("Admin/FollowAudit", Access::Any),
+    ("Admin/RotateIdentity", Access::Admin),
+    ("Vault/GetConfig", Access::Any),
+    ("Vault/WatchConfig", Access::Any),
+    ("Vault/GetCredential", Access::Any),
+    ("Vault/SubmitAudit", Access::Any),
+];
+
+/// Resolved grants of one scope.
+#[derive(Debug, Default)]
+struct ScopeAccess {
+    owner: Option<u32>,
+    users: HashSet<u32>,
+    groups: HashSet<u32>,
+}
+
+/// Resolved grants of every scope, by scope id.
+type AccessIndex = Arc<HashMap<String, ScopeAccess>>;
+
+/// Turns peers into callers and answers access questions.
+pub struct Authorizer {
+    daemon_uid: u32,
+    user_mode: bool,
+    admin_gid: Option<u32>,
+    client_gid: Option<u32>,
+    /// Grants resolved to ids, for one configuration generation. Name lookups
+    /// (NSS) are too slow for every release, so they run once per change.
+    access: Mutex<Option<(u64, AccessIndex)>>,
+}
+
+impl Authorizer {
+    /// An authorizer for a daemon running as `daemon_uid`.
+    pub fn new(
+        daemon_uid: u32,
+        user_mode: bool,
+        admin_gid: Option<u32>,
+        client_gid: Option<u32>,
+    ) -> Self {
+        Self {
+            daemon_uid,
+            user_mode,
+            admin_gid,
+            client_gid,
+            access: Mutex::new(None),
+        }
+    }
+
+    /// The caller behind `peer`, or PERMISSION_DENIED if it may not use the
+    /// vault at all.
+    pub fn caller(&self, peer: &PeerInfo) -> Result<Caller> {
+        let mut caller = Caller {
+            peer: peer.clone(),
+            role: Role::User,
+        };
+        let admin = peer.uid == 0
+            || (self.user_mode && peer.uid == self.daemon_uid)
+            || self.admin_gid.is_some_and(|g| caller.in_group(g));
+        if admin {
+            caller.role = Role::Admin;
+            return Ok(caller);
+        }
+        if let Some(gid) = self.client_gid
+            && !caller.in_group(gid)
+        {
+            return Err(VaultError::denied(format!(
+                "uid {} is not a member of the vault's client group (gid {gid})",
+                peer.uid
+            )));
+        }
+        Ok(caller)
+    }
+
+    /// Checks the RPC table: `rpc` is `Service/Method`.
+    pub fn check_rpc(&self, caller: &Caller, rpc: &str) -> Result<()> {
+        match RPC_TABLE.iter().find(|(name, _)| *name == rpc) {
+            Some((_, Access::Any)) => Ok(()),
+            Some((_, Access::Admin)) if caller.is_admin() => Ok(()),
+            Some((_, Access::Admin)) => Err(VaultError::denied(format!(
+                "{rpc} is for administrators; uid {} is not one (root, the admin group, or the vault's own user in user mode)",
+                caller.uid()
+            ))),
+            None => Err(VaultError::denied(format!(
+                "{rpc} is not an RPC this vault serves"
+            ))),
+        }
+    }
+
+    fn access_index(&self, snap: &Snapshot) -> AccessIndex {
+        let mut cached = self.access.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((generation, index)) = cached.as_ref()
+            && *generation == snap.generation
+        {
+            return index.clone();
+        }
+        let index: HashMap<String, ScopeAccess> = snap
+            .config
+            .scopes
+            .values()
+            .map(|s| (s.spec.id.clone(), resolve_access(&s.spec)))
+            .collect();
+        let index = Arc::new(index);
+        *cached = Some((snap.generation, index.clone()));
+        index
+    }
+
+    /// Whether `caller` may obtain the values of scope `scope_id`: its owner
+    /// or a grantee. Being an admin is not enough.
+    pub fn may_use_scope(&self, caller: &Caller, snap: &Snapshot, scope_id: &str) -> bool {
+        let index = self.access_index(snap);
+        index.get(scope_id).is_some_and(|a| {
+            a.owner == Some(caller.uid())
+                || a.users.contains(&caller.uid())
+                || a.groups.contains(&caller.peer.gid)
+                || caller.peer.groups.iter().any(|g| a.groups.contains(g))
+        })
+    }
+
+    /// Whether `owner` is the daemon or root (their objects apply to everyone).
+    fn is_system_owner(&self, owner: Option<u32>) -> bool {
+        owner.is_none_or(|uid| uid == 0 || uid == self.daemon_uid)
+    }
+
+    /// The subset of the configuration `caller` may see (DESIGN §2): admins
+    /// see all; users see their own objects, system-wide ones, and what
+    /// their usable scopes pull in.
+    pub fn visible(&self, caller: &Caller, snap: &Snapshot) -> ConfigState {
+        let config = &snap.config;
+        if caller.is_admin() {
+            return (**config).clone();
+        }
+        let uid = caller.uid();
+        let owned = |o: &Option<OwnerSpec>| o.as_ref().and_then(OwnerSpec::uid);
+        let mut out = ConfigState {
+            workspaces: Default::default(),
+            ..Default::default()
+        };
+        for (id, s) in &config.scopes {
+            if owned(&s.spec.owner) == Some(uid) || self.may_use_scope(caller, snap, id) {
+                out.scopes.insert(id.clone(), s.clone());
+                if let Some(meta) = config.secrets.get(id) {
+                    out.secrets.insert(id.clone(), meta.clone());
+                }
+            }
+        }
+        for (id, r) in &config.routes {
+            let owner = owned(&r.spec.owner);
+            let mine = owner == Some(uid) || self.is_system_owner(owner);
+            let scoped =
+                !r.spec.auth_scope_id.is_empty() && out.scopes.contains_key(&r.spec.auth_scope_id);
+            if mine || scoped {
+                out.routes.insert(id.clone(), r.clone());
+            }
+        }
+        let wanted_servers: HashSet<&str> = out
+            .routes
+            .values()
+            .map(|r| r.spec.downstream_server_id.as_str())
+            .collect();
+        for (id, s) in &config.servers {
+            let owner = owned(&s.spec.owner);
+            if owner == Some(uid)
+                || self.is_system_owner(owner)
+                || wanted_servers.contains(id.as_str())
+            {
+                out.servers.insert(id.clone(), s.clone());
+            }
+        }
+        let wanted_workspaces: HashSet<&str> = out
+            .routes
+            .values()
+            .map(|r| crate::model::route_workspace(&r.spec))
+            .collect();
+        for (id, w) in &config.workspaces {
+            let owner = owned(&w.spec.owner);
+            if owner == Some(uid)
+                || self.is_system_owner(owner)
+                || wanted_workspaces.contains(id.as_str())
+            {
+                out.workspaces.insert(id.clone(), w.clone());
+            }
+        }
+        let wanted_providers: HashSet<&str> = out
+            .scopes
+            .values()
+            .map(|s| s.spec.oauth_provider_id.as_str())
+            .collect();
+        for (id, p) in &config.providers {
+            let owner = owned(&p.spec.owner);
+            if owner == Some(uid)
+                || self.is_system_owner(owner)
+                || wanted_providers.contains(id.as_str())
+            {
+                out.providers.insert(id.clone(), p.clone());
+                if config.provider_secrets.contains(id) {
+                    out.provider_secrets.insert(id.clone());
+                }
+            }
+        }
+        out
+    }
+}
+
+fn resolve_access(scope: &ScopeSpec) -> ScopeAccess {
+    let mut access = ScopeAccess {
+        owner: scope.owner.as_ref().and_then(OwnerSpec::uid),
+        ..Default::default()
+    };
+    for user in &scope.grants.users {
+        match sys::resolve_user(user) {
+            Some(uid) => {
+                access.users.insert(uid);
+            }
+            None => {
+                tracing::warn!(scope = %scope.id, user = %user, "granted user no longer exists; ignoring")
+            }
+        }
+    }
+    for group in &scope.grants.groups {
+        match sys::resolve_group(group) {
+            Some(gid) => {
+                access.groups.insert(gid);
+            }
+            None => {
+                tracing::warn!(scope = %scope.id, group = %group, "granted group no longer exists; ignoring")
+            }
+        }
+    }
+    access
+}

@@ -1,0 +1,43 @@
+//! Command-line flags of mcplexer-vaultd.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// The MCPlexer credential vault: holds the secrets and releases them, per
+/// call and audited, to the processes entitled to them.
+#[derive(Debug, Parser)]
+#[command(name = "mcplexer-vaultd", version, about, long_about = None)]
+pub struct Cli {
+    /// User mode: paths under $XDG_RUNTIME_DIR and $XDG_STATE_HOME, and the
+    /// daemon's own uid is an admin. Implied when not started as root.
+    #[arg(long)]
+    pub user: bool,
+    /// The Unix socket to listen on [system: /run/mcplexer/vault.sock;
+    /// user: $XDG_RUNTIME_DIR/mcplexer/vault.sock].
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// The state directory (identity, database) [system: /var/lib/mcplexer;
+    /// user: $XDG_STATE_HOME/mcplexer].
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// A YAML document applied at start (source: yaml) [default:
+    /// config.yaml in /etc/mcplexer or $XDG_CONFIG_HOME/mcplexer, if present].
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The age identity file [default: $CREDENTIALS_DIRECTORY/vault-identity,
+    /// else identity.txt in the state directory, generated on first start].
+    #[arg(long, value_name = "FILE")]
+    pub identity: Option<PathBuf>,
+    /// Group whose members are admins (name or gid) [system default:
+    /// mcplexer-admin].
+    #[arg(long, value_name = "GROUP")]
+    pub admin_group: Option<String>,
+    /// Group allowed to use the vault; the socket is made mode 0660 with this
+    /// group (name or gid) [system default: mcplexer].
+    #[arg(long, value_name = "GROUP")]
+    pub client_group: Option<String>,
+    /// Days audit records are kept.
+    #[arg(long, value_name = "DAYS", default_value_t = 90, value_parser = clap::value_parser!(u32).range(1..))]
+    pub audit_retention_days: u32,
+}

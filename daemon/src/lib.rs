@@ -1,0 +1,315 @@
+//! mcplexer-vaultd: the MCPlexer credential vault.
+//!
+//! The only process that holds the age identity and decrypted secrets. It
+//! serves the Admin and Vault gRPC services on a Unix socket and authorises
+//! every call from the peer's kernel credentials.
+//!
+//! Trust: the daemon trusts the kernel (peer credentials), its own state
+//! directory (which it refuses to use if others can read or write it), and
+//! nothing a peer sends.
+
+pub mod authz;
+pub mod cli;
+pub mod clock;
+pub mod error;
+pub mod model;
+pub mod ops;
+pub mod rotate;
+pub mod server;
+pub mod service;
+pub mod store;
+pub mod sys;
+pub mod vault;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::authz::{Authorizer, Caller, PeerInfo, Role};
+use crate::cli::Cli;
+use crate::service::{DaemonInfo, Shared};
+use crate::store::Store;
+
+/// A start-up failure, printed as is: it names the path or setting and the
+/// fix.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StartError(pub String);
+
+impl From<error::VaultError> for StartError {
+    fn from(err: error::VaultError) -> Self {
+        let fix = match &err {
+            error::VaultError::FailedPrecondition { fix: Some(fix), .. }
+            | error::VaultError::Invalid { fix: Some(fix), .. } => format!("\n  fix: {fix}"),
+            _ => String::new(),
+        };
+        Self(format!("{err}{fix}"))
+    }
+}
+
+/// Resolved paths and settings.
+struct Settings {
+    user_mode: bool,
+    socket: PathBuf,
+    state_dir: PathBuf,
+    /// The start-up document: given with --config, or the default file if
+    /// it exists.
+    config: Option<PathBuf>,
+    admin_gid: Option<u32>,
+    client_gid: Option<u32>,
+}
+
+fn env_dir(var: &str) -> Option<PathBuf> {
+    std::env::var_os(var)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+}
+
+fn home_dir(sub: &str) -> Result<PathBuf, StartError> {
+    env_dir("HOME")
+        .map(|h| h.join(sub))
+        .ok_or_else(|| StartError("HOME is not set; give --state-dir and --socket".into()))
+}
+
+fn group(spec: Option<&str>, default: Option<&str>, flag: &str) -> Result<Option<u32>, StartError> {
+    match (spec, default) {
+        (Some(spec), _) => sys::resolve_group(spec)
+            .map(Some)
+            .ok_or_else(|| StartError(format!("{flag} {spec:?} is not a group on this host"))),
+        (None, Some(name)) => Ok(sys::resolve_group(name)),
+        (None, None) => Ok(None),
+    }
+}
+
+fn settings(cli: &Cli) -> Result<Settings, StartError> {
+    let user_mode = cli.user || sys::current_uid() != 0;
+    let (socket, state_dir, config_dir) = if user_mode {
+        let runtime = env_dir("XDG_RUNTIME_DIR");
+        let socket = match (&cli.socket, runtime) {
+            (Some(s), _) => s.clone(),
+            (None, Some(r)) => r.join("mcplexer").join("vault.sock"),
+            (None, None) => {
+                return Err(StartError(
+                    "XDG_RUNTIME_DIR is not set, so there is no default socket path.\n  fix: pass --socket PATH".into(),
+                ));
+            }
+        };
+        let state = match &cli.state_dir {
+            Some(s) => s.clone(),
+            None => env_dir("XDG_STATE_HOME")
+                .map_or_else(|| home_dir(".local/state"), Ok)?
+                .join("mcplexer"),
+        };
+        let config = env_dir("XDG_CONFIG_HOME")
+            .map_or_else(|| home_dir(".config"), Ok)
+            .map(|c| c.join("mcplexer"))
+            .ok();
+        (socket, state, config)
+    } else {
+        (
+            cli.socket
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(mcplexer_proto::SYSTEM_SOCKET)),
+            cli.state_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("/var/lib/mcplexer")),
+            Some(PathBuf::from("/etc/mcplexer")),
+        )
+    };
+    let config = match &cli.config {
+        Some(path) => Some(path.clone()),
+        None => config_dir
+            .map(|d| d.join("config.yaml"))
+            .filter(|p| p.exists()),
+    };
+    let admin_gid = group(
+        cli.admin_group.as_deref(),
+        (!user_mode).then_some("mcplexer-admin"),
+        "--admin-group",
+    )?;
+    let client_gid = group(cli.client_group.as_deref(), None, "--client-group")?;
+    let client_gid = match (client_gid, user_mode) {
+        (Some(gid), _) => Some(gid),
+        (None, true) => None,
+        (None, false) => Some(sys::resolve_group("mcplexer").ok_or_else(|| {
+            StartError(
+                "the client group \"mcplexer\" does not exist, so no user could be allowed to connect.\n  fix: create it (systemd-sysusers), or pass --client-group GROUP".into(),
+            )
+        })?),
+    };
+    Ok(Settings {
+        user_mode,
+        socket,
+        state_dir,
+        config,
+        admin_gid,
+        client_gid,
+    })
+}
+
+fn prepare_state_dir(dir: &Path, uid: u32) -> Result<(), StartError> {
+    use std::os::unix::fs::DirBuilderExt;
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| {
+                StartError(format!(
+                    "cannot create the state directory {}: {e}",
+                    dir.display()
+                ))
+            })?;
+    }
+    sys::check_private(dir, "state directory", uid).map_err(StartError)?;
+    for (name, what) in [
+        ("identity.txt", "identity"),
+        ("identity.next.txt", "identity"),
+        ("vault.db", "database"),
+        ("vault.db-wal", "database"),
+        ("vault.db-shm", "database"),
+    ] {
+        sys::check_private(&dir.join(name), what, uid).map_err(StartError)?;
+    }
+    Ok(())
+}
+
+/// Applies the start-up document as the daemon itself.
+async fn apply_config(store: &Store, path: &Path, uid: u32) -> Result<(), StartError> {
+    let yaml = std::fs::read_to_string(path)
+        .map_err(|e| StartError(format!("cannot read the config {}: {e}", path.display())))?;
+    let mut doc: model::Document = if yaml.trim().is_empty() {
+        model::Document::default()
+    } else {
+        yaml_serde::from_str(&yaml)
+            .map_err(|e| StartError(format!("the config {} is not valid: {e}", path.display())))?
+    };
+    let problems = model::normalize_all(&mut doc, Some(uid));
+    if !problems.is_empty() {
+        return Err(StartError(format!(
+            "the config {} is not valid:\n{}",
+            path.display(),
+            problems.join("\n")
+        )));
+    }
+    let caller = Caller {
+        peer: PeerInfo {
+            uid,
+            gid: nix::unistd::getgid().as_raw(),
+            pid: std::process::id(),
+            groups: vec![],
+        },
+        role: Role::Admin,
+    };
+    let changes = store
+        .write(move |ctx| ops::apply(ctx, &caller, &doc, false))
+        .await
+        .map_err(|e| {
+            StartError(format!(
+                "the config {} was not applied: {e}",
+                path.display()
+            ))
+        })?;
+    tracing::info!(path = %path.display(), changes = changes.len(), "applied the config");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop the vault with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub async fn run(cli: Cli) -> Result<(), StartError> {
+    sys::private_umask();
+    sys::harden_process()
+        .map_err(|e| StartError(format!("cannot make the process non-dumpable: {e}")))?;
+    let settings = settings(&cli)?;
+    let uid = sys::current_uid();
+    prepare_state_dir(&settings.state_dir, uid)?;
+    if let Some(path) = &cli.identity {
+        sys::check_private(path, "identity", uid).map_err(StartError)?;
+    }
+
+    let (keyring, origin) = vault::load_or_generate(&settings.state_dir, cli.identity.as_deref())?;
+    let pending_path = rotate::pending_path(&settings.state_dir);
+    let pending = match origin {
+        vault::IdentityOrigin::StateDir(_) => vault::read_if_exists(&pending_path)?,
+        _ => None,
+    };
+    let (store, adopted) = Store::open(&settings.state_dir.join("vault.db"), keyring, pending)?;
+    if adopted {
+        rotate::install(&pending_path, origin.path()).map_err(|e| {
+            StartError(format!(
+                "cannot finish the interrupted identity rotation ({} → {}): {e}",
+                pending_path.display(),
+                origin.path().display()
+            ))
+        })?;
+        tracing::warn!("finished an identity rotation that was interrupted after its commit");
+    } else if pending_path.exists() {
+        let _ = std::fs::remove_file(&pending_path);
+    }
+    if let Some(path) = &settings.config {
+        apply_config(&store, path, uid).await?;
+    }
+
+    let listener = server::bind(&settings.socket, settings.client_gid)
+        .await
+        .map_err(StartError)?;
+    let retention_days = cli.audit_retention_days;
+    let shared = Arc::new(Shared {
+        store: store.clone(),
+        authz: Authorizer::new(
+            uid,
+            settings.user_mode,
+            settings.admin_gid,
+            settings.client_gid,
+        ),
+        info: DaemonInfo {
+            mode: if settings.user_mode { "user" } else { "system" },
+            state_dir: settings.state_dir.clone(),
+            identity: origin,
+            audit_retention_days: retention_days,
+            started: Instant::now(),
+        },
+        rotation: tokio::sync::Mutex::new(()),
+    });
+    tokio::spawn(prune_audit(store, retention_days));
+    tracing::info!(
+        socket = %settings.socket.display(),
+        state_dir = %settings.state_dir.display(),
+        mode = shared.info.mode,
+        "vault ready"
+    );
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    server::serve(listener, settings.socket, shared, shutdown_signal())
+        .await
+        .map_err(StartError)
+}
+
+/// Deletes audit records past retention, now and every hour.
+async fn prune_audit(store: Store, days: u32) {
+    let mut tick = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tick.tick().await;
+        let before = clock::now_ms() - i64::from(days) * 86_400_000;
+        match store.write(move |ctx| ctx.prune_audit(before)).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, days, "pruned audit records past retention"),
+            Err(err) => tracing::error!(error = %err, "cannot prune the audit log"),
+        }
+    }
+}

@@ -1,0 +1,522 @@
+//! Validation: each object on its own (ids, names, URLs, globs, owners), then
+//! the configuration as a whole (references, transport compatibility, unique
+//! tool namespaces). Every problem names the object and field.
+
+use std::collections::BTreeMap;
+
+use super::{
+    ConfigState, Document, Kind, OwnerSpec, Policy, ProviderSpec, RouteSpec, ScopeSpec, ScopeType,
+    ServerSpec, Transport, WorkspaceSpec, route_workspace,
+};
+use crate::sys;
+
+/// The id an object gets from its name: lowercased, every run of characters
+/// other than `a-z0-9` turned into one `-`, trimmed ("Custom Provider" →
+/// `custom-provider`).
+pub fn derive_id(name: &str) -> String {
+    let mut id = String::with_capacity(name.len());
+    for c in name.chars().flat_map(char::to_lowercase) {
+        if c.is_ascii_lowercase() || c.is_ascii_digit() {
+            id.push(c);
+        } else if !id.is_empty() && !id.ends_with('-') {
+            id.push('-');
+        }
+    }
+    while id.ends_with('-') {
+        id.pop();
+    }
+    id
+}
+
+fn check_id(id: &str) -> Result<(), String> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "id {id:?} is not valid: use 1-64 characters a-z, 0-9, '-', '_', '.', starting with a letter or digit"
+        ))
+    }
+}
+
+fn check_name(name: &str) -> Result<(), String> {
+    if name.trim().is_empty() {
+        return Err("name is empty".into());
+    }
+    if name.len() > 200 || name.chars().any(char::is_control) {
+        return Err("name must be at most 200 characters without control characters".into());
+    }
+    Ok(())
+}
+
+/// Whether `s` is a valid environment variable name.
+pub fn is_env_name(s: &str) -> bool {
+    s.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Whether `s` is a valid HTTP header name (RFC 9110 token).
+pub fn is_header_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// Checks an endpoint URL: `https`, or `http` on a loopback host (DESIGN §6).
+pub fn check_endpoint(field: &str, value: &str) -> Result<(), String> {
+    let url = url::Url::parse(value).map_err(|e| format!("{field} {value:?} is not a URL: {e}"))?;
+    let loopback = match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    };
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" if loopback => Ok(()),
+        "http" => Err(format!(
+            "{field} {value:?} uses plain http to a non-loopback host; use https (http is allowed only for 127.0.0.1, ::1 and localhost)"
+        )),
+        other => Err(format!("{field} {value:?} has scheme {other:?}; use https")),
+    }
+}
+
+/// Checks a tool-match glob.
+pub fn check_glob(glob: &str) -> Result<(), String> {
+    if glob.is_empty() {
+        return Err("tool_match has an empty pattern".into());
+    }
+    if glob.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!("tool_match pattern {glob:?} contains whitespace"));
+    }
+    globset::GlobBuilder::new(glob)
+        .literal_separator(false)
+        .build()
+        .map(|_| ())
+        .map_err(|e| {
+            format!(
+                "tool_match pattern {glob:?} is not a valid glob: {}",
+                e.kind()
+            )
+        })
+}
+
+fn resolve_owner(owner: &mut Option<OwnerSpec>, default_owner: Option<u32>) -> Result<(), String> {
+    match owner {
+        None => *owner = default_owner.map(OwnerSpec::Uid),
+        Some(OwnerSpec::Uid(_)) => {}
+        Some(OwnerSpec::Name(name)) => match sys::resolve_user(name) {
+            Some(uid) => *owner = Some(OwnerSpec::Uid(uid)),
+            None => return Err(format!("owner {name:?} is not a user on this host")),
+        },
+    }
+    Ok(())
+}
+
+fn fill_id(id: &mut String, name: &str) -> Result<(), String> {
+    check_name(name)?;
+    if id.is_empty() {
+        *id = derive_id(name);
+        if id.is_empty() {
+            return Err(format!(
+                "name {name:?} gives no id (it has no letters or digits); add an `id:`"
+            ));
+        }
+    }
+    check_id(id)
+}
+
+/// Per-object normalisation: fills ids and defaults, resolves the owner and
+/// checks every field that does not depend on other objects.
+pub trait Normalize {
+    /// The object's kind.
+    const KIND: Kind;
+    /// Normalises in place.
+    fn normalize(&mut self, default_owner: Option<u32>) -> Result<(), String>;
+    /// The id (after normalisation).
+    fn id(&self) -> &str;
+    /// The name, for messages before an id exists.
+    fn name(&self) -> &str;
+}
+
+impl Normalize for ScopeSpec {
+    const KIND: Kind = Kind::Scope;
+    fn normalize(&mut self, default_owner: Option<u32>) -> Result<(), String> {
+        fill_id(&mut self.id, &self.name)?;
+        resolve_owner(&mut self.owner, default_owner)?;
+        if self.redaction_hints.iter().any(|h| h.trim().is_empty()) {
+            return Err("redaction_hints has an empty entry".into());
+        }
+        match self.kind {
+            ScopeType::Env | ScopeType::Header => {
+                if !self.oauth_provider_id.is_empty() {
+                    return Err(format!(
+                        "oauth_provider_id is set but type is {:?}; only oauth2 scopes use a provider",
+                        self.kind
+                    ));
+                }
+                if !self.token_env_var.is_empty() {
+                    return Err("token_env_var applies to oauth2 scopes only".into());
+                }
+            }
+            ScopeType::Oauth2 => {
+                if self.oauth_provider_id.is_empty() {
+                    return Err("an oauth2 scope needs oauth_provider_id".into());
+                }
+                if self.token_env_var.is_empty() {
+                    self.token_env_var = "ACCESS_TOKEN".into();
+                }
+                if !is_env_name(&self.token_env_var) {
+                    return Err(format!(
+                        "token_env_var {:?} is not a valid environment variable name",
+                        self.token_env_var
+                    ));
+                }
+            }
+        }
+        for user in &self.grants.users {
+            if sys::resolve_user(user).is_none() {
+                return Err(format!("grants.users: {user:?} is not a user on this host"));
+            }
+        }
+        for group in &self.grants.groups {
+            if sys::resolve_group(group).is_none() {
+                return Err(format!(
+                    "grants.groups: {group:?} is not a group on this host"
+                ));
+            }
+        }
+        Ok(())
+    }
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Normalize for ProviderSpec {
+    const KIND: Kind = Kind::Provider;
+    fn normalize(&mut self, default_owner: Option<u32>) -> Result<(), String> {
+        fill_id(&mut self.id, &self.name)?;
+        resolve_owner(&mut self.owner, default_owner)?;
+        check_endpoint("auth_url", &self.auth_url)?;
+        check_endpoint("token_url", &self.token_url)?;
+        for (field, value) in [
+            ("device_auth_url", &self.device_auth_url),
+            ("revocation_url", &self.revocation_url),
+        ] {
+            if !value.is_empty() {
+                check_endpoint(field, value)?;
+            }
+        }
+        if !self.redirect_uri.is_empty() {
+            let url = url::Url::parse(&self.redirect_uri)
+                .map_err(|e| format!("redirect_uri {:?} is not a URL: {e}", self.redirect_uri))?;
+            let loopback = matches!(url.host_str(), Some("127.0.0.1" | "[::1]" | "localhost"));
+            if url.scheme() != "http" || !loopback {
+                return Err(format!(
+                    "redirect_uri {:?} must be a loopback http URI (http://127.0.0.1:PORT/PATH), where mcplexerctl listens",
+                    self.redirect_uri
+                ));
+            }
+        }
+        if let Some(bad) = self
+            .scopes
+            .iter()
+            .find(|s| s.is_empty() || s.chars().any(char::is_whitespace))
+        {
+            return Err(format!(
+                "scopes entry {bad:?} is empty or contains whitespace"
+            ));
+        }
+        Ok(())
+    }
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Normalize for ServerSpec {
+    const KIND: Kind = Kind::Server;
+    fn normalize(&mut self, default_owner: Option<u32>) -> Result<(), String> {
+        fill_id(&mut self.id, &self.name)?;
+        resolve_owner(&mut self.owner, default_owner)?;
+        match self.transport {
+            Transport::Stdio => {
+                if self.command.trim().is_empty() {
+                    return Err("a stdio server needs a command".into());
+                }
+                if !self.url.is_empty() {
+                    return Err("url applies to http servers only".into());
+                }
+                if let Some(bad) = self.env.keys().find(|k| !is_env_name(k)) {
+                    return Err(format!("env key {bad:?} is not a valid variable name"));
+                }
+            }
+            Transport::Http => {
+                if self.url.is_empty() {
+                    return Err("an http server needs a url".into());
+                }
+                check_endpoint("url", &self.url)?;
+                if !self.command.is_empty() || !self.args.is_empty() || !self.env.is_empty() {
+                    return Err("command, args and env apply to stdio servers only".into());
+                }
+            }
+        }
+        if self.tool_namespace.is_empty() {
+            self.tool_namespace = self.id.replace(['-', '.'], "_");
+        }
+        let ns = &self.tool_namespace;
+        if !ns
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'))
+            || ns.contains("__")
+            || ns.starts_with('_')
+            || ns.ends_with('_')
+        {
+            return Err(format!(
+                "tool_namespace {ns:?} must use a-z, A-Z, 0-9, '_', '-', and must not contain \"__\" (it separates namespace and tool)"
+            ));
+        }
+        Ok(())
+    }
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Normalize for WorkspaceSpec {
+    const KIND: Kind = Kind::Workspace;
+    fn normalize(&mut self, default_owner: Option<u32>) -> Result<(), String> {
+        fill_id(&mut self.id, &self.name)?;
+        resolve_owner(&mut self.owner, default_owner)?;
+        let root = &self.root_path;
+        let shaped = root.starts_with('/') || root == "~" || root.starts_with("~/");
+        if !shaped || root.split('/').any(|c| c == "..") || root.contains('\0') {
+            return Err(format!(
+                "root_path {root:?} must be an absolute path (or ~/...) without '..'"
+            ));
+        }
+        Ok(())
+    }
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Normalize for RouteSpec {
+    const KIND: Kind = Kind::Route;
+    fn normalize(&mut self, default_owner: Option<u32>) -> Result<(), String> {
+        fill_id(&mut self.id, &self.name)?;
+        resolve_owner(&mut self.owner, default_owner)?;
+        if self.tool_match.is_empty() {
+            return Err("tool_match is empty; give at least one glob such as \"github__*\"".into());
+        }
+        for glob in &self.tool_match {
+            check_glob(glob)?;
+        }
+        if self.policy == Policy::Allow && self.downstream_server_id.is_empty() {
+            return Err("an allow rule needs downstream_server_id".into());
+        }
+        Ok(())
+    }
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+fn label<T: Normalize>(obj: &T) -> String {
+    if obj.id().is_empty() {
+        format!("{} named {:?}", T::KIND.name(), obj.name())
+    } else {
+        format!("{} {}", T::KIND.name(), obj.id())
+    }
+}
+
+/// Normalises one object, prefixing any problem with the object's label.
+pub fn normalize_one<T: Normalize>(obj: &mut T, default_owner: Option<u32>) -> Result<(), String> {
+    obj.normalize(default_owner)
+        .map_err(|problem| format!("{}: {problem}", label(obj)))
+}
+
+fn normalize_list<T: Normalize>(
+    list: &mut [T],
+    default_owner: Option<u32>,
+    problems: &mut Vec<String>,
+) {
+    let mut seen = BTreeMap::new();
+    for (index, obj) in list.iter_mut().enumerate() {
+        if let Err(p) = normalize_one(obj, default_owner) {
+            problems.push(p);
+            continue;
+        }
+        if let Some(first) = seen.insert(obj.id().to_owned(), index) {
+            problems.push(format!(
+                "{}: defined twice in the document (entries {} and {} of {}s)",
+                label(obj),
+                first + 1,
+                index + 1,
+                T::KIND.name()
+            ));
+        }
+    }
+}
+
+/// Normalises every object of a document; all problems at once.
+pub fn normalize_all(doc: &mut Document, default_owner: Option<u32>) -> Vec<String> {
+    let mut problems = Vec::new();
+    normalize_list(&mut doc.auth_scopes, default_owner, &mut problems);
+    normalize_list(&mut doc.oauth_providers, default_owner, &mut problems);
+    normalize_list(&mut doc.downstream_servers, default_owner, &mut problems);
+    normalize_list(&mut doc.workspaces, default_owner, &mut problems);
+    normalize_list(&mut doc.route_rules, default_owner, &mut problems);
+    problems
+}
+
+/// Checks the configuration as a whole; all problems at once.
+pub fn validate_state(state: &ConfigState) -> Vec<String> {
+    let mut problems = Vec::new();
+    for scope in state.scopes.values() {
+        let s = &scope.spec;
+        if s.kind == ScopeType::Oauth2 && !state.providers.contains_key(&s.oauth_provider_id) {
+            problems.push(format!(
+                "auth_scope {}: oauth_provider_id {:?} does not name an oauth_provider",
+                s.id, s.oauth_provider_id
+            ));
+        }
+    }
+    let mut namespaces: BTreeMap<&str, &str> = BTreeMap::new();
+    for server in state.servers.values() {
+        let s = &server.spec;
+        if let Some(other) = namespaces.insert(&s.tool_namespace, &s.id) {
+            problems.push(format!(
+                "downstream_server {}: tool_namespace {:?} is already used by downstream_server {other}",
+                s.id, s.tool_namespace
+            ));
+        }
+    }
+    for route in state.routes.values() {
+        let r = &route.spec;
+        let ws = route_workspace(r);
+        if !state.workspaces.contains_key(ws) {
+            problems.push(format!(
+                "route_rule {}: workspace_id {ws:?} does not name a workspace",
+                r.id
+            ));
+        }
+        let server = if r.downstream_server_id.is_empty() {
+            None
+        } else {
+            let found = state.servers.get(&r.downstream_server_id);
+            if found.is_none() {
+                problems.push(format!(
+                    "route_rule {}: downstream_server_id {:?} does not name a downstream_server",
+                    r.id, r.downstream_server_id
+                ));
+            }
+            found
+        };
+        let scope = if r.auth_scope_id.is_empty() {
+            None
+        } else {
+            let found = state.scopes.get(&r.auth_scope_id);
+            if found.is_none() {
+                problems.push(format!(
+                    "route_rule {}: auth_scope_id {:?} does not name an auth_scope",
+                    r.id, r.auth_scope_id
+                ));
+            }
+            found
+        };
+        if let (Some(scope), Some(server)) = (scope, server)
+            && let Err(p) = transport_compatible(&scope.spec, &server.spec)
+        {
+            problems.push(format!("route_rule {}: {p}", r.id));
+        }
+    }
+    problems
+}
+
+/// Whether `scope` can be injected into `server` (DESIGN §3).
+pub fn transport_compatible(scope: &ScopeSpec, server: &ServerSpec) -> Result<(), String> {
+    match (scope.kind, server.transport) {
+        (ScopeType::Env, Transport::Stdio)
+        | (ScopeType::Header, Transport::Http)
+        | (ScopeType::Oauth2, _) => Ok(()),
+        (ScopeType::Env, Transport::Http) => Err(format!(
+            "auth_scope {} (type env) cannot be used with downstream_server {} (transport http): env values are injected into the environment of stdio servers only; use a header or oauth2 scope",
+            scope.id, server.id
+        )),
+        (ScopeType::Header, Transport::Stdio) => Err(format!(
+            "auth_scope {} (type header) cannot be used with downstream_server {} (transport stdio): headers are injected into http servers only; use an env or oauth2 scope",
+            scope.id, server.id
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_from_names() {
+        assert_eq!(derive_id("Custom Provider"), "custom-provider");
+        assert_eq!(derive_id("GitHub Token"), "github-token");
+        assert_eq!(derive_id("  API -- Key!! "), "api-key");
+        assert_eq!(derive_id("***"), "");
+    }
+
+    #[test]
+    fn endpoints() {
+        assert!(check_endpoint("u", "https://auth.example.com/x").is_ok());
+        assert!(check_endpoint("u", "http://127.0.0.1:8080/x").is_ok());
+        assert!(check_endpoint("u", "http://[::1]:8080/x").is_ok());
+        assert!(check_endpoint("u", "http://localhost/x").is_ok());
+        assert!(check_endpoint("u", "http://auth.example.com/x").is_err());
+        assert!(check_endpoint("u", "ftp://x").is_err());
+        assert!(check_endpoint("u", "not a url").is_err());
+    }
+
+    #[test]
+    fn globs() {
+        assert!(check_glob("github__*").is_ok());
+        assert!(check_glob("*").is_ok());
+        assert!(check_glob("github__[").is_err());
+        assert!(check_glob("").is_err());
+        assert!(check_glob("a b").is_err());
+    }
+
+    #[test]
+    fn namespaces_cannot_hold_the_separator() {
+        let mut s = ServerSpec {
+            name: "x".into(),
+            command: "true".into(),
+            tool_namespace: "a__b".into(),
+            ..Default::default()
+        };
+        assert!(s.normalize(None).is_err());
+        s.tool_namespace.clear();
+        s.id = "my-server".into();
+        s.normalize(None).unwrap();
+        assert_eq!(s.tool_namespace, "my_server");
+    }
+}

@@ -1,0 +1,428 @@
+//! Domain operations, run inside store write jobs: create and delete objects,
+//! `apply` a document, set and delete secrets. Each checks ownership, then
+//! validates the whole resulting configuration before it writes anything, so
+//! a refused operation changes nothing.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use zeroize::Zeroizing;
+
+use crate::authz::Caller;
+use crate::error::{Result, VaultError};
+use crate::model::{
+    ConfigState, Document, Kind, Normalize, Obj, OwnerSpec, ProviderSpec, RouteSpec, ScopeSpec,
+    ScopeType, ServerSpec, Source, WorkspaceSpec, is_env_name, is_header_name, validate_state,
+};
+use crate::store::WriteCtx;
+
+/// The largest secret value accepted (64 KiB).
+pub const MAX_SECRET_LEN: usize = 64 * 1024;
+
+/// An object kind's place in the configuration.
+pub trait Object: Normalize + Serialize + Clone + PartialEq + Send + 'static {
+    /// Its map in the configuration.
+    fn map(state: &ConfigState) -> &BTreeMap<String, Obj<Self>>;
+    /// Its map, mutable.
+    fn map_mut(state: &mut ConfigState) -> &mut BTreeMap<String, Obj<Self>>;
+    /// Its owner.
+    fn owner(&self) -> Option<&OwnerSpec>;
+    /// Its list in a document.
+    fn list(doc: &Document) -> &Vec<Self>;
+}
+
+macro_rules! object {
+    ($ty:ty, $field:ident, $doc:ident) => {
+        impl Object for $ty {
+            fn map(state: &ConfigState) -> &BTreeMap<String, Obj<Self>> {
+                &state.$field
+            }
+            fn map_mut(state: &mut ConfigState) -> &mut BTreeMap<String, Obj<Self>> {
+                &mut state.$field
+            }
+            fn owner(&self) -> Option<&OwnerSpec> {
+                self.owner.as_ref()
+            }
+            fn list(doc: &Document) -> &Vec<Self> {
+                &doc.$doc
+            }
+        }
+    };
+}
+
+object!(ScopeSpec, scopes, auth_scopes);
+object!(ProviderSpec, providers, oauth_providers);
+object!(ServerSpec, servers, downstream_servers);
+object!(WorkspaceSpec, workspaces, workspaces);
+object!(RouteSpec, routes, route_rules);
+
+fn problems_to_error(problems: Vec<String>) -> Result<()> {
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(VaultError::Invalid {
+            message: problems.join("\n"),
+            fix: None,
+        })
+    }
+}
+
+/// Refuses a non-admin whose object would belong to someone else.
+pub fn check_owner<T: Object>(caller: &Caller, spec: &T) -> Result<()> {
+    if caller.is_admin() || spec.owner().and_then(OwnerSpec::uid) == Some(caller.uid()) {
+        Ok(())
+    } else {
+        Err(VaultError::denied(format!(
+            "{} {}: uid {} may create objects owned only by itself",
+            T::KIND.name(),
+            spec.id(),
+            caller.uid()
+        )))
+    }
+}
+
+/// Creates an `api` object; `spec` is already normalised and owner-checked.
+pub fn create<T: Object>(ctx: &mut WriteCtx<'_>, spec: T) -> Result<T> {
+    let kind = T::KIND;
+    let id = spec.id().to_owned();
+    if let Some(existing) = T::map(ctx.config()).get(&id) {
+        return Err(VaultError::AlreadyExists {
+            message: format!(
+                "{} {id} already exists (source {})",
+                kind.name(),
+                existing.source.as_str()
+            ),
+        });
+    }
+    let obj = Obj {
+        spec: spec.clone(),
+        source: Source::Api,
+        applied_by: None,
+    };
+    T::map_mut(ctx.config_mut()).insert(id.clone(), obj.clone());
+    problems_to_error(validate_state(ctx.config()))?;
+    ctx.put_object(kind, &obj, &id)?;
+    Ok(spec)
+}
+
+/// Deletes an object the caller may manage and nothing refers to.
+pub fn delete<T: Object>(ctx: &mut WriteCtx<'_>, caller: &Caller, id: &str) -> Result<()> {
+    let kind = T::KIND;
+    let Some(obj) = T::map(ctx.config()).get(id) else {
+        return Err(VaultError::not_found(kind.name(), id, kind.noun()));
+    };
+    if obj.source == Source::Seed {
+        return Err(VaultError::FailedPrecondition {
+            message: format!("{} {id} is built in and cannot be deleted", kind.name()),
+            fix: None,
+        });
+    }
+    if !caller.may_manage(obj.spec.owner()) {
+        return Err(VaultError::denied(format!(
+            "{} {id} belongs to another user; uid {} may delete only its own objects",
+            kind.name(),
+            caller.uid()
+        )));
+    }
+    let referrers = ctx.config().referrers(kind, id);
+    if let Some(first) = referrers.first() {
+        let (ref_kind, ref_id) = first.split_once(' ').unwrap_or(("", first));
+        let noun = Kind::from_tag(ref_kind).map_or("route", Kind::noun);
+        return Err(VaultError::FailedPrecondition {
+            message: format!(
+                "{} {id} is still used by {}",
+                kind.name(),
+                referrers.join(", ")
+            ),
+            fix: Some(format!("mcplexerctl {noun} delete {ref_id}")),
+        });
+    }
+    ctx.config_mut().remove(kind, id);
+    ctx.delete_object(kind, id)
+}
+
+/// One change of an `apply`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Change {
+    /// The kind.
+    pub kind: Kind,
+    /// The id.
+    pub id: String,
+    /// `create`, `update` or `delete`.
+    pub action: &'static str,
+    /// For updates: the top-level fields that differ.
+    pub fields: Vec<String>,
+}
+
+fn changed_fields<T: Serialize>(old: &T, new: &T) -> Vec<String> {
+    let (Ok(serde_json::Value::Object(a)), Ok(serde_json::Value::Object(b))) =
+        (serde_json::to_value(old), serde_json::to_value(new))
+    else {
+        return vec!["*".into()];
+    };
+    let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .filter(|k| a.get(*k) != b.get(*k))
+        .cloned()
+        .collect()
+}
+
+/// Plans the part of an apply for one kind: prunes the caller's `yaml`
+/// objects that left the document, creates and updates the rest.
+fn plan_kind<T: Object>(
+    caller: &Caller,
+    doc: &Document,
+    next: &mut ConfigState,
+    changes: &mut Vec<Change>,
+    problems: &mut Vec<String>,
+) {
+    let kind = T::KIND;
+    let wanted: BTreeMap<&str, &T> = T::list(doc).iter().map(|o| (o.id(), o)).collect();
+    let map = T::map_mut(next);
+    let prune: Vec<String> = map
+        .values()
+        .filter(|o| {
+            o.source == Source::Yaml
+                && o.applied_by == Some(caller.uid())
+                && !wanted.contains_key(o.spec.id())
+        })
+        .map(|o| o.spec.id().to_owned())
+        .collect();
+    for id in prune {
+        map.remove(&id);
+        changes.push(Change {
+            kind,
+            id,
+            action: "delete",
+            fields: vec![],
+        });
+    }
+    for (id, spec) in wanted {
+        let obj = Obj {
+            spec: (*spec).clone(),
+            source: Source::Yaml,
+            applied_by: Some(caller.uid()),
+        };
+        match map.get(id) {
+            Some(existing) if existing.source != Source::Yaml => problems.push(format!(
+                "{} {id} exists with source {}; apply never changes objects it did not create. Rename it in the document or delete the existing one (mcplexerctl {} delete {id})",
+                kind.name(),
+                existing.source.as_str(),
+                kind.noun()
+            )),
+            Some(existing) if existing.applied_by != Some(caller.uid()) && !caller.is_admin() => {
+                problems.push(format!(
+                    "{} {id} was applied by uid {}; uid {} cannot change it",
+                    kind.name(),
+                    existing.applied_by.map_or("?".into(), |u| u.to_string()),
+                    caller.uid()
+                ))
+            }
+            Some(existing) if existing.spec == obj.spec && existing.applied_by == obj.applied_by => {}
+            Some(existing) => {
+                let fields = changed_fields(&existing.spec, &obj.spec);
+                changes.push(Change {
+                    kind,
+                    id: id.to_owned(),
+                    action: "update",
+                    fields,
+                });
+                map.insert(id.to_owned(), obj);
+            }
+            None => {
+                changes.push(Change {
+                    kind,
+                    id: id.to_owned(),
+                    action: "create",
+                    fields: vec![],
+                });
+                map.insert(id.to_owned(), obj);
+            }
+        }
+    }
+}
+
+fn persist<T: Object>(
+    ctx: &mut WriteCtx<'_>,
+    next: &ConfigState,
+    changes: &[Change],
+) -> Result<()> {
+    for change in changes.iter().filter(|c| c.kind == T::KIND) {
+        match T::map(next).get(&change.id) {
+            Some(obj) => ctx.put_object(T::KIND, obj, &change.id)?,
+            None => ctx.delete_object(T::KIND, &change.id)?,
+        }
+    }
+    Ok(())
+}
+
+/// Applies a normalised, owner-checked document: one transaction; with
+/// `dry_run` only the plan is returned.
+pub fn apply(
+    ctx: &mut WriteCtx<'_>,
+    caller: &Caller,
+    doc: &Document,
+    dry_run: bool,
+) -> Result<Vec<Change>> {
+    let mut next = ctx.config().clone();
+    let mut changes = Vec::new();
+    let mut problems = Vec::new();
+    plan_kind::<ScopeSpec>(caller, doc, &mut next, &mut changes, &mut problems);
+    plan_kind::<ProviderSpec>(caller, doc, &mut next, &mut changes, &mut problems);
+    plan_kind::<ServerSpec>(caller, doc, &mut next, &mut changes, &mut problems);
+    plan_kind::<WorkspaceSpec>(caller, doc, &mut next, &mut changes, &mut problems);
+    plan_kind::<RouteSpec>(caller, doc, &mut next, &mut changes, &mut problems);
+    problems.extend(validate_state(&next));
+    problems_to_error(problems)?;
+    if dry_run || changes.is_empty() {
+        return Ok(changes);
+    }
+    for change in changes.iter().filter(|c| c.action == "delete") {
+        next.remove(change.kind, &change.id);
+    }
+    persist::<ScopeSpec>(ctx, &next, &changes)?;
+    persist::<ProviderSpec>(ctx, &next, &changes)?;
+    persist::<ServerSpec>(ctx, &next, &changes)?;
+    persist::<WorkspaceSpec>(ctx, &next, &changes)?;
+    persist::<RouteSpec>(ctx, &next, &changes)?;
+    *ctx.config_mut() = next;
+    Ok(changes)
+}
+
+fn managed_scope<'c>(
+    ctx: &'c WriteCtx<'_>,
+    caller: &Caller,
+    scope_id: &str,
+) -> Result<&'c ScopeSpec> {
+    let Some(scope) = ctx.config().scopes.get(scope_id) else {
+        return Err(VaultError::not_found("auth_scope", scope_id, "scope"));
+    };
+    if !caller.may_manage(scope.spec.owner.as_ref()) {
+        return Err(VaultError::denied(format!(
+            "auth_scope {scope_id} belongs to another user; uid {} may set secrets only on its own scopes",
+            caller.uid()
+        )));
+    }
+    Ok(&scope.spec)
+}
+
+/// Checks a key and value against the scope's type.
+fn check_secret(scope: &ScopeSpec, key: &str, value: &[u8]) -> Result<()> {
+    match scope.kind {
+        ScopeType::Env if !is_env_name(key) => Err(VaultError::invalid(format!(
+            "auth_scope {} is an env scope: key {key:?} is not a valid environment variable name",
+            scope.id
+        ))),
+        ScopeType::Env if value.contains(&0) => Err(VaultError::invalid(format!(
+            "auth_scope {}: the value for {key} contains a NUL byte, which an environment variable cannot hold",
+            scope.id
+        ))),
+        ScopeType::Header if !is_header_name(key) => Err(VaultError::invalid(format!(
+            "auth_scope {} is a header scope: key {key:?} is not a valid HTTP header name",
+            scope.id
+        ))),
+        ScopeType::Header if value.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0) => {
+            Err(VaultError::invalid(format!(
+                "auth_scope {}: the value for header {key} contains CR, LF or NUL, which a header cannot hold",
+                scope.id
+            )))
+        }
+        ScopeType::Oauth2 => Err(VaultError::FailedPrecondition {
+            message: format!(
+                "auth_scope {} is an oauth2 scope: its token comes from the OAuth flow, not from secret set",
+                scope.id
+            ),
+            fix: Some(format!("mcplexerctl auth authorize {}", scope.id)),
+        }),
+        _ if value.is_empty() => Err(VaultError::invalid(format!(
+            "auth_scope {}: the value for {key} is empty",
+            scope.id
+        ))),
+        _ if value.len() > MAX_SECRET_LEN => Err(VaultError::invalid(format!(
+            "auth_scope {}: the value for {key} is {} bytes; the limit is {MAX_SECRET_LEN}",
+            scope.id,
+            value.len()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Sets one secret value; returns the scope's new version.
+pub fn set_secret(
+    ctx: &mut WriteCtx<'_>,
+    caller: &Caller,
+    scope_id: &str,
+    key: String,
+    value: Zeroizing<Vec<u8>>,
+) -> Result<u64> {
+    check_secret(managed_scope(ctx, caller, scope_id)?, &key, &value)?;
+    let mut map = ctx.load_secrets(scope_id)?;
+    map.insert(key, value);
+    ctx.store_secrets(scope_id, &map)
+}
+
+/// Deletes one secret value.
+pub fn delete_secret(
+    ctx: &mut WriteCtx<'_>,
+    caller: &Caller,
+    scope_id: &str,
+    key: &str,
+) -> Result<u64> {
+    managed_scope(ctx, caller, scope_id)?;
+    let mut map = ctx.load_secrets(scope_id)?;
+    if !map.remove(key) {
+        return Err(VaultError::NotFound {
+            message: format!("auth_scope {scope_id} has no secret {key:?}"),
+            fix: Some(format!("mcplexerctl secret list {scope_id}")),
+        });
+    }
+    ctx.store_secrets(scope_id, &map)
+}
+
+/// Sets a provider's client secret.
+pub fn set_provider_secret(
+    ctx: &mut WriteCtx<'_>,
+    caller: &Caller,
+    provider_id: &str,
+    secret: &[u8],
+) -> Result<()> {
+    let Some(provider) = ctx.config().providers.get(provider_id) else {
+        return Err(VaultError::not_found(
+            "oauth_provider",
+            provider_id,
+            "provider",
+        ));
+    };
+    if !caller.may_manage(provider.spec.owner.as_ref()) {
+        return Err(VaultError::denied(format!(
+            "oauth_provider {provider_id} belongs to another user"
+        )));
+    }
+    if secret.is_empty() || secret.len() > MAX_SECRET_LEN {
+        return Err(VaultError::invalid(format!(
+            "the client secret must be 1 to {MAX_SECRET_LEN} bytes"
+        )));
+    }
+    ctx.store_provider_secret(provider_id, secret)
+}
+
+/// The document `export` writes: every visible object but built-in ones,
+/// without secrets.
+pub fn export(state: &ConfigState) -> Document {
+    fn list<T: Object>(state: &ConfigState) -> Vec<T> {
+        T::map(state)
+            .values()
+            .filter(|o| o.source != Source::Seed)
+            .map(|o| o.spec.clone())
+            .collect()
+    }
+    Document {
+        auth_scopes: list(state),
+        oauth_providers: list(state),
+        downstream_servers: list(state),
+        workspaces: list(state),
+        route_rules: list(state),
+    }
+}

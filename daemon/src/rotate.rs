@@ -1,0 +1,74 @@
+//! `identity rotate`: re-encrypt every ciphertext under a new identity in one
+//! transaction. The new identity is written beside the old one first; the old
+//! file is replaced only after the commit, and a start that finds the
+//! database encrypted to the new one finishes the rename (see `run`).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::error::{Result, VaultError};
+use crate::service::Shared;
+use crate::vault::{IdentityOrigin, Keyring, write_identity_file};
+
+/// The file a rotation writes the next identity to.
+pub fn pending_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("identity.next.txt")
+}
+
+/// Renames `from` over `to` and syncs the directory.
+pub fn install(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::rename(from, to)?;
+    if let Some(dir) = to.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// Rotates the identity; returns the new recipient and how many ciphertexts
+/// were re-encrypted.
+pub async fn rotate(shared: &Shared) -> Result<(String, u64)> {
+    let _one_at_a_time = shared.rotation.lock().await;
+    let IdentityOrigin::StateDir(current) = &shared.info.identity else {
+        return Err(VaultError::FailedPrecondition {
+            message: format!(
+                "the identity is supplied from {}, which the vault does not manage; rotate it there and restart the vault",
+                shared.info.identity.path().display()
+            ),
+            fix: None,
+        });
+    };
+    let pending = pending_path(&shared.info.state_dir);
+    if pending.exists() {
+        // Left by a rotation that failed before its commit: the database is
+        // encrypted to the current identity (checked at start), so it is
+        // garbage.
+        std::fs::remove_file(&pending)
+            .map_err(|e| VaultError::io(format!("cannot remove {}", pending.display()), e))?;
+    }
+    let next = Arc::new(Keyring::generate());
+    write_identity_file(&next, &pending)?;
+    let job_keyring = next.clone();
+    let result = shared
+        .store
+        .write(move |ctx| {
+            let count = ctx.reencrypt_all(&job_keyring)?;
+            ctx.set_keyring(job_keyring);
+            Ok(count)
+        })
+        .await;
+    match result {
+        Ok(count) => {
+            if let Err(err) = install(&pending, current) {
+                // The database now needs the new identity, which is safe in
+                // `pending`; the next start adopts it.
+                tracing::error!(error = %err, pending = %pending.display(), "rotation committed but the identity file could not be replaced; the next start will finish it");
+            }
+            tracing::info!(recipient = %next.recipient(), count, "identity rotated");
+            Ok((next.recipient(), count))
+        }
+        Err(err) => {
+            let _ = std::fs::remove_file(&pending);
+            Err(err)
+        }
+    }
+}

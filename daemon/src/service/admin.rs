@@ -1,0 +1,622 @@
+//! The Admin service (mcplexerctl): configuration, secrets, audit, identity.
+
+use std::pin::Pin;
+
+use mcplexer_proto::v1 as pb;
+use pb::admin_server::Admin;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+use zeroize::{Zeroize, Zeroizing};
+
+use super::SharedRef;
+use crate::authz::Caller;
+use crate::error::{Result, VaultError};
+use crate::model::{
+    self, ConfigState, Document, Obj, ProviderSpec, RouteSpec, ScopeSpec, ServerSpec,
+    WorkspaceSpec, normalize_all, normalize_one,
+};
+use crate::ops::{self, Object};
+use crate::store::AuditFilter;
+
+/// The Admin service.
+pub struct AdminService(pub SharedRef);
+
+type Reply<T> = std::result::Result<Response<T>, Status>;
+
+impl AdminService {
+    fn visible(&self, caller: &Caller) -> ConfigState {
+        self.0.authz.visible(caller, &self.0.store.snapshot())
+    }
+
+    fn get<T: Object, P>(
+        &self,
+        caller: &Caller,
+        id: &str,
+        to_proto: impl Fn(&Obj<T>, &ConfigState) -> P,
+    ) -> Result<P> {
+        let state = self.visible(caller);
+        T::map(&state)
+            .get(id)
+            .map(|o| to_proto(o, &state))
+            .ok_or_else(|| VaultError::not_found(T::KIND.name(), id, T::KIND.noun()))
+    }
+
+    fn list<T: Object, P>(
+        &self,
+        caller: &Caller,
+        to_proto: impl Fn(&Obj<T>, &ConfigState) -> P,
+    ) -> Vec<P> {
+        let state = self.visible(caller);
+        T::map(&state)
+            .values()
+            .map(|o| to_proto(o, &state))
+            .collect()
+    }
+
+    async fn create<T: Object, P>(
+        &self,
+        caller: &Caller,
+        rpc: &'static str,
+        spec: std::result::Result<T, String>,
+        to_proto: impl Fn(&Obj<T>, &ConfigState) -> P,
+    ) -> Result<P> {
+        let result = self.create_inner(caller, spec).await;
+        self.0.audit_outcome(caller, rpc, &result, true).await;
+        let id = result?;
+        self.get(caller, &id, to_proto)
+    }
+
+    async fn create_inner<T: Object>(
+        &self,
+        caller: &Caller,
+        spec: std::result::Result<T, String>,
+    ) -> Result<String> {
+        let mut spec = spec.map_err(VaultError::invalid)?;
+        normalize_one(&mut spec, Some(caller.uid())).map_err(VaultError::invalid)?;
+        ops::check_owner(caller, &spec)?;
+        self.check_scope_use(caller, std::iter::once(&spec))?;
+        let spec = self
+            .0
+            .store
+            .write(move |ctx| ops::create(ctx, spec))
+            .await?;
+        Ok(spec.id().to_owned())
+    }
+
+    /// A user may route only scopes it owns or is granted.
+    fn check_scope_use<'a, T: Object>(
+        &self,
+        caller: &Caller,
+        specs: impl Iterator<Item = &'a T>,
+    ) -> Result<()> {
+        if caller.is_admin() {
+            return Ok(());
+        }
+        let snap = self.0.store.snapshot();
+        for spec in specs {
+            let Some(route) = (spec as &dyn std::any::Any).downcast_ref::<RouteSpec>() else {
+                continue;
+            };
+            if route.auth_scope_id.is_empty() {
+                continue;
+            }
+            let owned = snap
+                .config
+                .scopes
+                .get(&route.auth_scope_id)
+                .and_then(|s| s.spec.owner.as_ref())
+                .and_then(model::OwnerSpec::uid)
+                == Some(caller.uid());
+            if !owned
+                && !self
+                    .0
+                    .authz
+                    .may_use_scope(caller, &snap, &route.auth_scope_id)
+            {
+                return Err(VaultError::denied(format!(
+                    "route_rule {}: uid {} may route only auth scopes it owns or is granted, and auth_scope {} is neither",
+                    route.id,
+                    caller.uid(),
+                    route.auth_scope_id
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    async fn delete<T: Object>(
+        &self,
+        caller: &Caller,
+        rpc: &'static str,
+        id: String,
+    ) -> Result<pb::DeleteResponse> {
+        let owned_caller = caller.clone();
+        let result = self
+            .0
+            .store
+            .write(move |ctx| ops::delete::<T>(ctx, &owned_caller, &id))
+            .await;
+        self.0.audit_outcome(caller, rpc, &result, true).await;
+        result.map(|()| pb::DeleteResponse {})
+    }
+}
+
+fn scope_p(o: &Obj<ScopeSpec>, s: &ConfigState) -> pb::AuthScope {
+    model::scope_to_proto(o, s)
+}
+fn provider_p(o: &Obj<ProviderSpec>, s: &ConfigState) -> pb::OAuthProvider {
+    model::provider_to_proto(o, s)
+}
+fn server_p(o: &Obj<ServerSpec>, _: &ConfigState) -> pb::DownstreamServer {
+    model::server_to_proto(o)
+}
+fn workspace_p(o: &Obj<WorkspaceSpec>, _: &ConfigState) -> pb::Workspace {
+    model::workspace_to_proto(o)
+}
+fn route_p(o: &Obj<RouteSpec>, _: &ConfigState) -> pb::RouteRule {
+    model::route_to_proto(o)
+}
+
+/// Parses and normalises an apply document; problems name line and column
+/// (syntax, unknown fields) or the object (values).
+fn parse_document(yaml: &str, caller: &Caller) -> Result<Document> {
+    let mut doc: Document = if yaml.trim().is_empty() {
+        Document::default()
+    } else {
+        yaml_serde::from_str(yaml)
+            .map_err(|e| VaultError::invalid(format!("invalid YAML document: {e}")))?
+    };
+    let problems = normalize_all(&mut doc, Some(caller.uid()));
+    if !problems.is_empty() {
+        return Err(VaultError::invalid(problems.join("\n")));
+    }
+    Ok(doc)
+}
+
+fn ok<T>(value: T) -> Reply<T> {
+    Ok(Response::new(value))
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn status(&self, request: Request<pb::StatusRequest>) -> Reply<pb::StatusResponse> {
+        let caller = self.0.authorize(&request, "Admin/Status").await?;
+        let state = self.visible(&caller);
+        let audit_records = if caller.is_admin() {
+            self.0.store.count_audit().await?
+        } else {
+            0
+        };
+        let info = &self.0.info;
+        ok(pb::StatusResponse {
+            version: env!("CARGO_PKG_VERSION").into(),
+            mode: info.mode.into(),
+            caller_uid: caller.uid(),
+            caller_pid: caller.peer.pid,
+            caller_role: caller.role.as_str().into(),
+            recipient: self.0.store.keyring().recipient(),
+            scopes: state.scopes.len() as u64,
+            providers: state.providers.len() as u64,
+            servers: state.servers.len() as u64,
+            workspaces: state.workspaces.len() as u64,
+            routes: state.routes.len() as u64,
+            audit_records,
+            audit_retention_days: info.audit_retention_days,
+            uptime_sec: info.started.elapsed().as_secs(),
+            state_dir: if caller.is_admin() {
+                info.state_dir.display().to_string()
+            } else {
+                String::new()
+            },
+        })
+    }
+
+    async fn apply(&self, request: Request<pb::ApplyRequest>) -> Reply<pb::ApplyResponse> {
+        let caller = self.0.authorize(&request, "Admin/Apply").await?;
+        let req = request.into_inner();
+        let dry_run = req.dry_run;
+        let result = async {
+            let doc = parse_document(&req.yaml, &caller)?;
+            for_each_owner_check(&caller, &doc)?;
+            self.check_scope_use(&caller, doc.route_rules.iter())?;
+            let c = caller.clone();
+            self.0
+                .store
+                .write(move |ctx| ops::apply(ctx, &c, &doc, dry_run))
+                .await
+        }
+        .await;
+        self.0
+            .audit_outcome(&caller, "Admin/Apply", &result, !dry_run)
+            .await;
+        let changes = result?
+            .into_iter()
+            .map(|c| pb::Change {
+                kind: c.kind.name().into(),
+                id: c.id,
+                action: c.action.into(),
+                fields: c.fields,
+            })
+            .collect();
+        ok(pb::ApplyResponse { changes, dry_run })
+    }
+
+    async fn export(&self, request: Request<pb::ExportRequest>) -> Reply<pb::ExportResponse> {
+        let caller = self.0.authorize(&request, "Admin/Export").await?;
+        let doc = ops::export(&self.visible(&caller));
+        let yaml = yaml_serde::to_string(&doc)
+            .map_err(|e| VaultError::invalid(format!("cannot write YAML: {e}")))?;
+        ok(pb::ExportResponse { yaml })
+    }
+
+    async fn list_scopes(
+        &self,
+        request: Request<pb::ListRequest>,
+    ) -> Reply<pb::ListScopesResponse> {
+        let caller = self.0.authorize(&request, "Admin/ListScopes").await?;
+        ok(pb::ListScopesResponse {
+            scopes: self.list(&caller, scope_p),
+        })
+    }
+
+    async fn get_scope(&self, request: Request<pb::GetRequest>) -> Reply<pb::AuthScope> {
+        let caller = self.0.authorize(&request, "Admin/GetScope").await?;
+        ok(self.get(&caller, &request.into_inner().id, scope_p)?)
+    }
+
+    async fn create_scope(&self, request: Request<pb::AuthScope>) -> Reply<pb::AuthScope> {
+        let caller = self.0.authorize(&request, "Admin/CreateScope").await?;
+        let spec = ScopeSpec::from_proto(request.into_inner());
+        ok(self
+            .create(&caller, "Admin/CreateScope", spec, scope_p)
+            .await?)
+    }
+
+    async fn delete_scope(&self, request: Request<pb::DeleteRequest>) -> Reply<pb::DeleteResponse> {
+        let caller = self.0.authorize(&request, "Admin/DeleteScope").await?;
+        ok(self
+            .delete::<ScopeSpec>(&caller, "Admin/DeleteScope", request.into_inner().id)
+            .await?)
+    }
+
+    async fn set_secret(
+        &self,
+        request: Request<pb::SetSecretRequest>,
+    ) -> Reply<pb::SetSecretResponse> {
+        let caller = self.0.authorize(&request, "Admin/SetSecret").await?;
+        let mut req = request.into_inner();
+        // The value moves into a zeroizing buffer at once; the request's
+        // copy is wiped. (The transport's receive buffer is outside our
+        // reach; it is released when the request is decoded.)
+        let value = Zeroizing::new(std::mem::take(&mut req.value));
+        req.value.zeroize();
+        let c = caller.clone();
+        let (scope, key) = (req.scope_id, req.key);
+        let result = self
+            .0
+            .store
+            .write(move |ctx| ops::set_secret(ctx, &c, &scope, key, value))
+            .await;
+        self.0
+            .audit_outcome(&caller, "Admin/SetSecret", &result, true)
+            .await;
+        ok(pb::SetSecretResponse { version: result? })
+    }
+
+    async fn list_secrets(
+        &self,
+        request: Request<pb::GetRequest>,
+    ) -> Reply<pb::ListSecretsResponse> {
+        let caller = self.0.authorize(&request, "Admin/ListSecrets").await?;
+        let id = request.into_inner().id;
+        let state = self.visible(&caller);
+        if !state.scopes.contains_key(&id) {
+            return Err(VaultError::not_found("auth_scope", &id, "scope").into());
+        }
+        let keys = state
+            .secrets
+            .get(&id)
+            .map(|m| m.keys.clone())
+            .unwrap_or_default();
+        ok(pb::ListSecretsResponse { scope_id: id, keys })
+    }
+
+    async fn delete_secret(
+        &self,
+        request: Request<pb::DeleteSecretRequest>,
+    ) -> Reply<pb::DeleteResponse> {
+        let caller = self.0.authorize(&request, "Admin/DeleteSecret").await?;
+        let req = request.into_inner();
+        let c = caller.clone();
+        let result = self
+            .0
+            .store
+            .write(move |ctx| ops::delete_secret(ctx, &c, &req.scope_id, &req.key))
+            .await;
+        self.0
+            .audit_outcome(&caller, "Admin/DeleteSecret", &result, true)
+            .await;
+        result?;
+        ok(pb::DeleteResponse {})
+    }
+
+    async fn list_providers(
+        &self,
+        request: Request<pb::ListRequest>,
+    ) -> Reply<pb::ListProvidersResponse> {
+        let caller = self.0.authorize(&request, "Admin/ListProviders").await?;
+        ok(pb::ListProvidersResponse {
+            providers: self.list(&caller, provider_p),
+        })
+    }
+
+    async fn get_provider(&self, request: Request<pb::GetRequest>) -> Reply<pb::OAuthProvider> {
+        let caller = self.0.authorize(&request, "Admin/GetProvider").await?;
+        ok(self.get(&caller, &request.into_inner().id, provider_p)?)
+    }
+
+    async fn create_provider(
+        &self,
+        request: Request<pb::OAuthProvider>,
+    ) -> Reply<pb::OAuthProvider> {
+        let caller = self.0.authorize(&request, "Admin/CreateProvider").await?;
+        let spec = Ok(ProviderSpec::from_proto(request.into_inner()));
+        ok(self
+            .create(&caller, "Admin/CreateProvider", spec, provider_p)
+            .await?)
+    }
+
+    async fn delete_provider(
+        &self,
+        request: Request<pb::DeleteRequest>,
+    ) -> Reply<pb::DeleteResponse> {
+        let caller = self.0.authorize(&request, "Admin/DeleteProvider").await?;
+        ok(self
+            .delete::<ProviderSpec>(&caller, "Admin/DeleteProvider", request.into_inner().id)
+            .await?)
+    }
+
+    async fn set_provider_secret(
+        &self,
+        request: Request<pb::SetProviderSecretRequest>,
+    ) -> Reply<pb::SetSecretResponse> {
+        let caller = self
+            .0
+            .authorize(&request, "Admin/SetProviderSecret")
+            .await?;
+        let mut req = request.into_inner();
+        let secret = Zeroizing::new(std::mem::take(&mut req.client_secret));
+        let c = caller.clone();
+        let id = req.provider_id;
+        let result = self
+            .0
+            .store
+            .write(move |ctx| ops::set_provider_secret(ctx, &c, &id, &secret))
+            .await;
+        self.0
+            .audit_outcome(&caller, "Admin/SetProviderSecret", &result, true)
+            .await;
+        result?;
+        ok(pb::SetSecretResponse { version: 0 })
+    }
+
+    async fn list_servers(
+        &self,
+        request: Request<pb::ListRequest>,
+    ) -> Reply<pb::ListServersResponse> {
+        let caller = self.0.authorize(&request, "Admin/ListServers").await?;
+        ok(pb::ListServersResponse {
+            servers: self.list(&caller, server_p),
+        })
+    }
+
+    async fn get_server(&self, request: Request<pb::GetRequest>) -> Reply<pb::DownstreamServer> {
+        let caller = self.0.authorize(&request, "Admin/GetServer").await?;
+        ok(self.get(&caller, &request.into_inner().id, server_p)?)
+    }
+
+    async fn create_server(
+        &self,
+        request: Request<pb::DownstreamServer>,
+    ) -> Reply<pb::DownstreamServer> {
+        let caller = self.0.authorize(&request, "Admin/CreateServer").await?;
+        let spec = ServerSpec::from_proto(request.into_inner());
+        ok(self
+            .create(&caller, "Admin/CreateServer", spec, server_p)
+            .await?)
+    }
+
+    async fn delete_server(
+        &self,
+        request: Request<pb::DeleteRequest>,
+    ) -> Reply<pb::DeleteResponse> {
+        let caller = self.0.authorize(&request, "Admin/DeleteServer").await?;
+        ok(self
+            .delete::<ServerSpec>(&caller, "Admin/DeleteServer", request.into_inner().id)
+            .await?)
+    }
+
+    async fn list_workspaces(
+        &self,
+        request: Request<pb::ListRequest>,
+    ) -> Reply<pb::ListWorkspacesResponse> {
+        let caller = self.0.authorize(&request, "Admin/ListWorkspaces").await?;
+        ok(pb::ListWorkspacesResponse {
+            workspaces: self.list(&caller, workspace_p),
+        })
+    }
+
+    async fn get_workspace(&self, request: Request<pb::GetRequest>) -> Reply<pb::Workspace> {
+        let caller = self.0.authorize(&request, "Admin/GetWorkspace").await?;
+        ok(self.get(&caller, &request.into_inner().id, workspace_p)?)
+    }
+
+    async fn create_workspace(&self, request: Request<pb::Workspace>) -> Reply<pb::Workspace> {
+        let caller = self.0.authorize(&request, "Admin/CreateWorkspace").await?;
+        let spec = WorkspaceSpec::from_proto(request.into_inner());
+        ok(self
+            .create(&caller, "Admin/CreateWorkspace", spec, workspace_p)
+            .await?)
+    }
+
+    async fn delete_workspace(
+        &self,
+        request: Request<pb::DeleteRequest>,
+    ) -> Reply<pb::DeleteResponse> {
+        let caller = self.0.authorize(&request, "Admin/DeleteWorkspace").await?;
+        ok(self
+            .delete::<WorkspaceSpec>(&caller, "Admin/DeleteWorkspace", request.into_inner().id)
+            .await?)
+    }
+
+    async fn list_routes(
+        &self,
+        request: Request<pb::ListRequest>,
+    ) -> Reply<pb::ListRoutesResponse> {
+        let caller = self.0.authorize(&request, "Admin/ListRoutes").await?;
+        ok(pb::ListRoutesResponse {
+            routes: self.list(&caller, route_p),
+        })
+    }
+
+    async fn get_route(&self, request: Request<pb::GetRequest>) -> Reply<pb::RouteRule> {
+        let caller = self.0.authorize(&request, "Admin/GetRoute").await?;
+        ok(self.get(&caller, &request.into_inner().id, route_p)?)
+    }
+
+    async fn create_route(&self, request: Request<pb::RouteRule>) -> Reply<pb::RouteRule> {
+        let caller = self.0.authorize(&request, "Admin/CreateRoute").await?;
+        let spec = RouteSpec::from_proto(request.into_inner());
+        ok(self
+            .create(&caller, "Admin/CreateRoute", spec, route_p)
+            .await?)
+    }
+
+    async fn delete_route(&self, request: Request<pb::DeleteRequest>) -> Reply<pb::DeleteResponse> {
+        let caller = self.0.authorize(&request, "Admin/DeleteRoute").await?;
+        ok(self
+            .delete::<RouteSpec>(&caller, "Admin/DeleteRoute", request.into_inner().id)
+            .await?)
+    }
+
+    async fn query_audit(&self, request: Request<pb::AuditQuery>) -> Reply<pb::AuditQueryResponse> {
+        let caller = self.0.authorize(&request, "Admin/QueryAudit").await?;
+        let filter = audit_filter(&caller, request.into_inner());
+        ok(pb::AuditQueryResponse {
+            records: self.0.store.query_audit(filter).await?,
+        })
+    }
+
+    type FollowAuditStream =
+        Pin<Box<dyn Stream<Item = std::result::Result<pb::AuditRecord, Status>> + Send>>;
+
+    async fn follow_audit(
+        &self,
+        request: Request<pb::AuditQuery>,
+    ) -> Reply<Self::FollowAuditStream> {
+        let caller = self.0.authorize(&request, "Admin/FollowAudit").await?;
+        let filter = audit_filter(&caller, request.into_inner());
+        let store = self.0.store.clone();
+        // Subscribe before the first query so nothing falls between them.
+        let mut feed = store.audit_feed();
+        let backlog = store.query_audit(filter.clone()).await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        tokio::spawn(async move {
+            let mut last = 0;
+            for record in backlog {
+                last = record.id;
+                if tx.send(Ok(record)).await.is_err() {
+                    return;
+                }
+            }
+            loop {
+                let record = match feed.recv().await {
+                    Ok(record) => record,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        // Fell behind the live feed: catch up from the log.
+                        let mut catch_up = filter.clone();
+                        catch_up.after_id = Some(last);
+                        catch_up.limit = 10_000;
+                        match store.query_audit(catch_up).await {
+                            Ok(records) => {
+                                for record in records {
+                                    last = record.id;
+                                    if tx.send(Ok(record)).await.is_err() {
+                                        return;
+                                    }
+                                }
+                                continue;
+                            }
+                            Err(err) => {
+                                let _ = tx.send(Err(err.into())).await;
+                                return;
+                            }
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                };
+                if record.id <= last || !filter.matches(&record) {
+                    continue;
+                }
+                last = record.id;
+                if tx.send(Ok(record)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
+
+    async fn rotate_identity(
+        &self,
+        request: Request<pb::RotateIdentityRequest>,
+    ) -> Reply<pb::RotateIdentityResponse> {
+        let caller = self.0.authorize(&request, "Admin/RotateIdentity").await?;
+        let result = crate::rotate::rotate(&self.0).await;
+        self.0
+            .audit_outcome(&caller, "Admin/RotateIdentity", &result, true)
+            .await;
+        let (recipient, reencrypted) = result?;
+        ok(pb::RotateIdentityResponse {
+            recipient,
+            reencrypted,
+        })
+    }
+}
+
+fn for_each_owner_check(caller: &Caller, doc: &Document) -> Result<()> {
+    doc.auth_scopes
+        .iter()
+        .try_for_each(|s| ops::check_owner(caller, s))?;
+    doc.oauth_providers
+        .iter()
+        .try_for_each(|s| ops::check_owner(caller, s))?;
+    doc.downstream_servers
+        .iter()
+        .try_for_each(|s| ops::check_owner(caller, s))?;
+    doc.workspaces
+        .iter()
+        .try_for_each(|s| ops::check_owner(caller, s))?;
+    doc.route_rules
+        .iter()
+        .try_for_each(|s| ops::check_owner(caller, s))
+}
+
+/// A query's filter; users only ever see their own records.
+fn audit_filter(caller: &Caller, q: pb::AuditQuery) -> AuditFilter {
+    let non_empty = |s: String| (!s.is_empty()).then_some(s);
+    AuditFilter {
+        tool: non_empty(q.tool),
+        since_ms: (q.since_ms > 0).then_some(q.since_ms),
+        after_id: (q.after_id > 0).then_some(q.after_id),
+        scope_id: non_empty(q.auth_scope_id),
+        status: non_empty(q.status),
+        kind: non_empty(q.kind),
+        uid: if caller.is_admin() {
+            q.uid
+        } else {
+            Some(caller.uid())
+        },
+        limit: q.limit,
+    }
+}

@@ -1,0 +1,119 @@
+//! The gRPC services. Each handler authorises first (peer → caller → RPC
+//! table → objects), then calls the domain, then maps the error; denials are
+//! audited.
+//!
+//! Trust: the peer's identity comes only from the connection's kernel
+//! credentials (see `authz`); request fields never name the caller.
+
+mod admin;
+mod vault;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use mcplexer_proto::v1 as pb;
+use tonic::Request;
+
+use crate::authz::{Authorizer, Caller, PeerInfo};
+use crate::clock::now_ms;
+use crate::error::{Result, VaultError};
+use crate::store::Store;
+use crate::vault::IdentityOrigin;
+
+pub use admin::AdminService;
+pub use vault::VaultService;
+
+/// Facts about the running daemon the services report or need.
+pub struct DaemonInfo {
+    /// `system` or `user`.
+    pub mode: &'static str,
+    /// The state directory.
+    pub state_dir: PathBuf,
+    /// Where the identity came from.
+    pub identity: IdentityOrigin,
+    /// Audit retention in days.
+    pub audit_retention_days: u32,
+    /// When the daemon started.
+    pub started: Instant,
+}
+
+/// What every service shares.
+pub struct Shared {
+    /// The store.
+    pub store: Store,
+    /// The authorizer.
+    pub authz: Authorizer,
+    /// Daemon facts.
+    pub info: DaemonInfo,
+    /// Serialises identity rotations.
+    pub rotation: tokio::sync::Mutex<()>,
+}
+
+impl Shared {
+    /// Authenticates and authorises a request for `rpc` (`Service/Method`);
+    /// a refusal is audited.
+    pub async fn authorize<T>(&self, request: &Request<T>, rpc: &'static str) -> Result<Caller> {
+        let Some(peer) = request.extensions().get::<PeerInfo>().cloned() else {
+            return Err(VaultError::denied(
+                "the connection carries no peer credentials",
+            ));
+        };
+        let checked = self
+            .authz
+            .caller(&peer)
+            .and_then(|caller| self.authz.check_rpc(&caller, rpc).map(|()| caller));
+        match checked {
+            Ok(caller) => Ok(caller),
+            Err(err) => {
+                self.audit_admin(&peer, rpc, "denied", &err.to_string())
+                    .await;
+                Err(err)
+            }
+        }
+    }
+
+    /// Records an admin-side event (a mutation or a refusal). Failure to
+    /// record is logged, never hidden.
+    pub async fn audit_admin(&self, peer: &PeerInfo, rpc: &str, status: &str, error: &str) {
+        let record = pb::AuditRecord {
+            time_ms: now_ms(),
+            uid: peer.uid,
+            pid: peer.pid,
+            kind: "admin".into(),
+            status: status.into(),
+            error: error.into(),
+            action: rpc.into(),
+            ..Default::default()
+        };
+        if let Err(err) = self.store.write(move |ctx| ctx.insert_audit(record)).await {
+            tracing::error!(error = %err, rpc, "cannot record an audit event");
+        }
+    }
+
+    /// Audits the outcome of a call by `caller` that was authorised but may
+    /// still have been refused on its objects.
+    pub async fn audit_outcome<T>(
+        &self,
+        caller: &Caller,
+        rpc: &str,
+        result: &Result<T>,
+        mutation: bool,
+    ) {
+        match result {
+            Err(err @ VaultError::PermissionDenied { .. }) => {
+                self.audit_admin(&caller.peer, rpc, "denied", &err.to_string())
+                    .await;
+            }
+            Err(err) if mutation => {
+                self.audit_admin(&caller.peer, rpc, "error", &err.to_string())
+                    .await;
+            }
+            Ok(_) if mutation => self.audit_admin(&caller.peer, rpc, "success", "").await,
+            _ => {}
+        }
+    }
+}
+
+/// Shorthand for the shared state handed to each service.
+pub type SharedRef = Arc<Shared>;

@@ -1,0 +1,329 @@
+//! The Vault service (mcplexer-proxy): routing configuration, credential
+//! release, audit submission.
+//!
+//! Decrypted values are kept in memory per scope and version, in zeroizing
+//! buffers, so a release costs no asymmetric decryption (an age X25519
+//! decryption costs as much as the RPC itself). The cache entry of a scope is
+//! replaced when its version changes and dropped (wiped) when the scope goes.
+//! The process is non-dumpable, so the cache is not readable by other
+//! processes of the same uid either.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use mcplexer_proto::v1 as pb;
+use pb::vault_server::Vault;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status};
+use zeroize::Zeroizing;
+
+use super::SharedRef;
+use crate::authz::Caller;
+use crate::clock::now_ms;
+use crate::error::{Result, VaultError};
+use crate::model::{self, ScopeType, enum_name, transport_compatible};
+use crate::vault::SecretMap;
+
+/// A scope's decrypted values at one version. No `Debug`.
+struct Cached {
+    version: u64,
+    values: Vec<(String, Zeroizing<Vec<u8>>)>,
+}
+
+/// The Vault service.
+pub struct VaultService {
+    shared: SharedRef,
+    cache: Mutex<HashMap<String, Arc<Cached>>>,
+}
+
+type Reply<T> = std::result::Result<Response<T>, Status>;
+
+impl VaultService {
+    /// A Vault service over `shared`.
+    pub fn new(shared: SharedRef) -> Self {
+        Self {
+            shared,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    async fn values(&self, scope_id: &str, version: u64) -> Result<Arc<Cached>> {
+        if let Some(hit) = self
+            .cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(scope_id)
+            .filter(|c| c.version == version)
+        {
+            return Ok(hit.clone());
+        }
+        let keyring = self.shared.store.keyring();
+        let id = scope_id.to_owned();
+        let loaded = self
+            .shared
+            .store
+            .read(move |conn| {
+                let Some((ciphertext, version)) = crate::store::read_scope_ciphertext(conn, &id)?
+                else {
+                    return Ok(None);
+                };
+                let map = SecretMap::decode(&keyring.decrypt(&ciphertext)?)?;
+                let values = map
+                    .iter()
+                    .map(|(k, v)| (k.to_owned(), Zeroizing::new(v.to_vec())))
+                    .collect();
+                Ok(Some(Cached { version, values }))
+            })
+            .await?;
+        let Some(loaded) = loaded else {
+            return Err(VaultError::FailedPrecondition {
+                message: format!("auth_scope {scope_id} has no secret values yet"),
+                fix: Some(format!("mcplexerctl secret set {scope_id} KEY")),
+            });
+        };
+        let loaded = Arc::new(loaded);
+        let snap = self.shared.store.snapshot();
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        cache.retain(|id, _| snap.config.scopes.contains_key(id));
+        cache.insert(scope_id.to_owned(), loaded.clone());
+        Ok(loaded)
+    }
+
+    async fn release(
+        &self,
+        caller: &Caller,
+        req: &pb::CredentialRequest,
+    ) -> Result<pb::Credential> {
+        let snap = self.shared.store.snapshot();
+        let scope_id = &req.auth_scope_id;
+        let Some(scope) = snap.config.scopes.get(scope_id) else {
+            // Same answer as "not granted": a caller learns nothing about
+            // scopes it may not use.
+            return Err(not_granted(scope_id, caller));
+        };
+        if !self.shared.authz.may_use_scope(caller, &snap, scope_id) {
+            return Err(not_granted(scope_id, caller));
+        }
+        let Some(server) = snap.config.servers.get(&req.downstream_server_id) else {
+            return Err(VaultError::not_found(
+                "downstream_server",
+                &req.downstream_server_id,
+                "server",
+            ));
+        };
+        let transport = model::parse_transport(&req.transport).map_err(VaultError::invalid)?;
+        if transport != server.spec.transport {
+            return Err(VaultError::TransportMismatch {
+                message: format!(
+                    "downstream_server {} uses transport {}, but the request says {}",
+                    server.spec.id,
+                    enum_name(&server.spec.transport),
+                    req.transport
+                ),
+            });
+        }
+        transport_compatible(&scope.spec, &server.spec).map_err(|message| {
+            let message = if req.route_rule_id.is_empty() {
+                message
+            } else {
+                format!("route_rule {}: {message}", req.route_rule_id)
+            };
+            VaultError::TransportMismatch { message }
+        })?;
+        if scope.spec.kind == ScopeType::Oauth2 {
+            return Err(VaultError::FailedPrecondition {
+                message: format!("auth_scope {scope_id} has no OAuth token yet"),
+                fix: Some(format!("mcplexerctl auth authorize {scope_id}")),
+            });
+        }
+        let version = snap.config.secrets.get(scope_id).map_or(0, |m| m.version);
+        let cached = self.values(scope_id, version).await?;
+        let kind = match scope.spec.kind {
+            ScopeType::Header => "header",
+            _ => "env",
+        };
+        // The values are copied into the response message, which tonic
+        // encodes and drops; that copy is not wiped (the encoder owns it).
+        let values: Vec<pb::CredentialValue> = cached
+            .values
+            .iter()
+            .map(|(name, value)| pb::CredentialValue {
+                name: name.clone(),
+                value: value.to_vec(),
+            })
+            .collect();
+        let scrub = values.iter().map(|v| v.value.clone()).collect();
+        Ok(pb::Credential {
+            kind: kind.into(),
+            values,
+            version: cached.version,
+            expires_at_ms: 0,
+            scrub,
+            redaction_hints: scope.spec.redaction_hints.clone(),
+        })
+    }
+
+    async fn audit_release(
+        &self,
+        caller: &Caller,
+        req: &pb::CredentialRequest,
+        status: &str,
+        error: String,
+    ) -> Result<()> {
+        let record = pb::AuditRecord {
+            time_ms: now_ms(),
+            uid: caller.uid(),
+            pid: caller.peer.pid,
+            kind: "release".into(),
+            tool: req.tool.clone(),
+            route_rule_id: req.route_rule_id.clone(),
+            downstream_server_id: req.downstream_server_id.clone(),
+            auth_scope_id: req.auth_scope_id.clone(),
+            status: status.into(),
+            error,
+            ..Default::default()
+        };
+        self.shared
+            .store
+            .write(move |ctx| ctx.insert_audit(record))
+            .await
+            .map(|_| ())
+    }
+}
+
+fn not_granted(scope_id: &str, caller: &Caller) -> VaultError {
+    VaultError::denied(format!(
+        "auth_scope {scope_id} does not exist or uid {} is neither its owner nor granted it",
+        caller.uid()
+    ))
+}
+
+/// Caps a proxy-submitted text field.
+fn cap(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut cut = max;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push_str("…[truncated]");
+    }
+    s
+}
+
+#[tonic::async_trait]
+impl Vault for VaultService {
+    async fn get_config(&self, request: Request<pb::GetConfigRequest>) -> Reply<pb::RoutingConfig> {
+        let caller = self.shared.authorize(&request, "Vault/GetConfig").await?;
+        let snap = self.shared.store.snapshot();
+        let state = self.shared.authz.visible(&caller, &snap);
+        Ok(Response::new(pb::RoutingConfig {
+            generation: snap.generation,
+            servers: state.servers.values().map(model::server_to_proto).collect(),
+            workspaces: state
+                .workspaces
+                .values()
+                .map(model::workspace_to_proto)
+                .collect(),
+            routes: state.routes.values().map(model::route_to_proto).collect(),
+            scopes: state
+                .scopes
+                .values()
+                .map(|s| model::scope_to_proto(s, &state))
+                .collect(),
+        }))
+    }
+
+    type WatchConfigStream =
+        Pin<Box<dyn Stream<Item = std::result::Result<pb::ConfigGeneration, Status>> + Send>>;
+
+    async fn watch_config(
+        &self,
+        request: Request<pb::GetConfigRequest>,
+    ) -> Reply<Self::WatchConfigStream> {
+        self.shared.authorize(&request, "Vault/WatchConfig").await?;
+        let stream =
+            tokio_stream::wrappers::WatchStream::new(self.shared.store.watch()).map(|snap| {
+                Ok(pb::ConfigGeneration {
+                    generation: snap.generation,
+                })
+            });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn get_credential(
+        &self,
+        request: Request<pb::CredentialRequest>,
+    ) -> Reply<pb::Credential> {
+        let caller = self
+            .shared
+            .authorize(&request, "Vault/GetCredential")
+            .await?;
+        let req = request.into_inner();
+        match self.release(&caller, &req).await {
+            Ok(credential) => {
+                // Audited before release: no record, no values.
+                self.audit_release(&caller, &req, "success", String::new())
+                    .await?;
+                Ok(Response::new(credential))
+            }
+            Err(err) => {
+                let status = match err {
+                    VaultError::PermissionDenied { .. } | VaultError::TransportMismatch { .. } => {
+                        "denied"
+                    }
+                    _ => "error",
+                };
+                if let Err(audit_err) = self
+                    .audit_release(&caller, &req, status, err.to_string())
+                    .await
+                {
+                    tracing::error!(error = %audit_err, "cannot record a refused release");
+                }
+                Err(err.into())
+            }
+        }
+    }
+
+    async fn submit_audit(
+        &self,
+        request: Request<pb::AuditRecord>,
+    ) -> Reply<pb::SubmitAuditResponse> {
+        let caller = self.shared.authorize(&request, "Vault/SubmitAudit").await?;
+        let r = request.into_inner();
+        if !matches!(r.status.as_str(), "success" | "error" | "denied") {
+            return Err(VaultError::invalid(format!(
+                "audit status {:?} is not one of success, error, denied",
+                r.status
+            ))
+            .into());
+        }
+        const FIELD: usize = 256;
+        const BODY: usize = 256 * 1024;
+        let record = pb::AuditRecord {
+            id: 0,
+            time_ms: now_ms(),
+            uid: caller.uid(),
+            pid: caller.peer.pid,
+            kind: "call".into(),
+            workspace_id: cap(r.workspace_id, FIELD),
+            tool: cap(r.tool, FIELD),
+            route_rule_id: cap(r.route_rule_id, FIELD),
+            downstream_server_id: cap(r.downstream_server_id, FIELD),
+            auth_scope_id: cap(r.auth_scope_id, FIELD),
+            params: cap(r.params, BODY),
+            status: r.status,
+            latency_ms: r.latency_ms,
+            error: cap(r.error, BODY),
+            response: cap(r.response, BODY),
+            action: String::new(),
+        };
+        let id = self
+            .shared
+            .store
+            .write(move |ctx| ctx.insert_audit(record))
+            .await?;
+        Ok(Response::new(pb::SubmitAuditResponse { id }))
+    }
+}

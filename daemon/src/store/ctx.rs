@@ -1,0 +1,334 @@
+//! `WriteCtx`: what a write job may do inside its savepoint, and the reads
+//! that rebuild the configuration at start.
+
+use std::sync::Arc;
+
+use mcplexer_proto::v1 as pb;
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::{Result, VaultError};
+use crate::model::{ConfigState, Kind, Obj, SecretMeta, Source};
+use crate::vault::{Keyring, SecretMap};
+
+/// A write job's view of the store: the configuration as of the jobs before
+/// it (copied on first change), the keyring, and the SQL it may run.
+pub struct WriteCtx<'a> {
+    conn: &'a Connection,
+    base: Arc<ConfigState>,
+    changed: Option<ConfigState>,
+    keyring: Arc<Keyring>,
+    new_keyring: Option<Arc<Keyring>>,
+    audits: Vec<pb::AuditRecord>,
+}
+
+/// What a successful job leaves for the writer to publish after the commit.
+pub(super) struct Outcome {
+    pub config: Option<ConfigState>,
+    pub keyring: Option<Arc<Keyring>>,
+    pub audits: Vec<pb::AuditRecord>,
+}
+
+fn now_ms() -> i64 {
+    crate::clock::now_ms()
+}
+
+impl<'a> WriteCtx<'a> {
+    pub(super) fn new(conn: &'a Connection, base: Arc<ConfigState>, keyring: Arc<Keyring>) -> Self {
+        Self {
+            conn,
+            base,
+            changed: None,
+            keyring,
+            new_keyring: None,
+            audits: Vec::new(),
+        }
+    }
+
+    pub(super) fn finish(self) -> Outcome {
+        Outcome {
+            config: self.changed,
+            keyring: self.new_keyring,
+            audits: self.audits,
+        }
+    }
+
+    /// The configuration as this job sees it.
+    pub fn config(&self) -> &ConfigState {
+        self.changed.as_ref().unwrap_or(&self.base)
+    }
+
+    /// The configuration, for changing (published after the commit).
+    pub fn config_mut(&mut self) -> &mut ConfigState {
+        let base = &self.base;
+        self.changed.get_or_insert_with(|| (**base).clone())
+    }
+
+    /// The keyring in force for this job.
+    pub fn keyring(&self) -> &Keyring {
+        self.new_keyring.as_deref().unwrap_or(&self.keyring)
+    }
+
+    /// Replaces the keyring (published after the commit).
+    pub fn set_keyring(&mut self, keyring: Arc<Keyring>) {
+        self.new_keyring = Some(keyring);
+    }
+
+    /// Inserts or replaces a configuration object.
+    pub fn put_object<T: Serialize>(&self, kind: Kind, obj: &Obj<T>, id: &str) -> Result<()> {
+        let spec = serde_json::to_string(&obj.spec)
+            .map_err(|e| VaultError::invalid(format!("cannot encode {} {id}: {e}", kind.name())))?;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO objects (kind, id, spec, source, applied_by, updated_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (kind, id) DO UPDATE SET
+                   spec = excluded.spec, source = excluded.source,
+                   applied_by = excluded.applied_by, updated_ms = excluded.updated_ms",
+            )?
+            .execute(params![
+                kind.tag(),
+                id,
+                spec,
+                obj.source.as_str(),
+                obj.applied_by,
+                now_ms()
+            ])?;
+        Ok(())
+    }
+
+    /// Deletes a configuration object and the secrets stored for it.
+    pub fn delete_object(&self, kind: Kind, id: &str) -> Result<()> {
+        self.conn
+            .prepare_cached("DELETE FROM objects WHERE kind = ?1 AND id = ?2")?
+            .execute(params![kind.tag(), id])?;
+        match kind {
+            Kind::Scope => {
+                self.conn
+                    .prepare_cached("DELETE FROM scope_secrets WHERE scope_id = ?1")?
+                    .execute(params![id])?;
+            }
+            Kind::Provider => {
+                self.conn
+                    .prepare_cached("DELETE FROM provider_secrets WHERE provider_id = ?1")?
+                    .execute(params![id])?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Decrypts a scope's stored values (empty when none are stored).
+    pub fn load_secrets(&self, scope_id: &str) -> Result<SecretMap> {
+        match read_scope_ciphertext(self.conn, scope_id)? {
+            None => Ok(SecretMap::default()),
+            Some((ciphertext, _)) => SecretMap::decode(&self.keyring().decrypt(&ciphertext)?),
+        }
+    }
+
+    /// Encrypts and stores a scope's values under a new version.
+    pub fn store_secrets(&mut self, scope_id: &str, map: &SecretMap) -> Result<u64> {
+        let ciphertext = self.keyring().encrypt(&map.encode())?;
+        let version: i64 = self.conn.query_row(
+            "INSERT INTO meta (key, value) VALUES ('secret_version', '1')
+             ON CONFLICT (key) DO UPDATE SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT)
+             RETURNING CAST(value AS INTEGER)",
+            [],
+            |r| r.get(0),
+        )?;
+        let keys = map.keys();
+        let keys_json = serde_json::to_string(&keys).unwrap_or_else(|_| "[]".into());
+        self.conn
+            .prepare_cached(
+                "INSERT INTO scope_secrets (scope_id, ciphertext, keys, version)
+                 VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (scope_id) DO UPDATE SET
+                   ciphertext = excluded.ciphertext, keys = excluded.keys,
+                   version = excluded.version",
+            )?
+            .execute(params![scope_id, ciphertext, keys_json, version])?;
+        let version = version as u64;
+        self.config_mut()
+            .secrets
+            .insert(scope_id.to_owned(), SecretMeta { keys, version });
+        Ok(version)
+    }
+
+    /// Encrypts and stores a provider's client secret.
+    pub fn store_provider_secret(&mut self, provider_id: &str, secret: &[u8]) -> Result<()> {
+        let ciphertext = self.keyring().encrypt(secret)?;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO provider_secrets (provider_id, ciphertext) VALUES (?1, ?2)
+                 ON CONFLICT (provider_id) DO UPDATE SET ciphertext = excluded.ciphertext",
+            )?
+            .execute(params![provider_id, ciphertext])?;
+        self.config_mut()
+            .provider_secrets
+            .insert(provider_id.to_owned());
+        Ok(())
+    }
+
+    /// Appends an audit record (its time must be stamped); returns its id.
+    pub fn insert_audit(&mut self, mut record: pb::AuditRecord) -> Result<u64> {
+        record.id = super::audit::insert(self.conn, &record)?;
+        let id = record.id;
+        self.audits.push(record);
+        Ok(id)
+    }
+
+    /// Deletes audit records older than `before_ms`; how many.
+    pub fn prune_audit(&self, before_ms: i64) -> Result<usize> {
+        Ok(self
+            .conn
+            .prepare_cached("DELETE FROM audit WHERE time_ms < ?1")?
+            .execute(params![before_ms])?)
+    }
+
+    /// Re-encrypts every ciphertext from the current keyring to `next` and
+    /// records `next` as the database's recipient; how many were rewritten.
+    pub fn reencrypt_all(&self, next: &Keyring) -> Result<u64> {
+        let mut count = 0;
+        for (table, key) in [
+            ("scope_secrets", "scope_id"),
+            ("provider_secrets", "provider_id"),
+        ] {
+            let rows: Vec<(String, Vec<u8>)> = self
+                .conn
+                .prepare(&format!("SELECT {key}, ciphertext FROM {table}"))?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut update = self.conn.prepare(&format!(
+                "UPDATE {table} SET ciphertext = ?2 WHERE {key} = ?1"
+            ))?;
+            for (id, ciphertext) in rows {
+                let plaintext = self.keyring().decrypt(&ciphertext)?;
+                update.execute(params![id, next.encrypt(&plaintext)?])?;
+                count += 1;
+            }
+        }
+        self.conn.execute(
+            "UPDATE meta SET value = ?1 WHERE key = 'recipient'",
+            params![next.recipient()],
+        )?;
+        Ok(count)
+    }
+}
+
+/// A scope's ciphertext and version, if it has stored values.
+pub(crate) fn read_scope_ciphertext(
+    conn: &Connection,
+    scope_id: &str,
+) -> Result<Option<(Vec<u8>, u64)>> {
+    Ok(conn
+        .prepare_cached("SELECT ciphertext, version FROM scope_secrets WHERE scope_id = ?1")?
+        .query_row(params![scope_id], |r| {
+            Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)? as u64))
+        })
+        .optional()?)
+}
+
+fn decode_obj<T: DeserializeOwned>(
+    kind: Kind,
+    id: &str,
+    spec: &str,
+    source: &str,
+    applied_by: Option<u32>,
+) -> Result<Obj<T>> {
+    let spec = serde_json::from_str(spec).map_err(|e| VaultError::FailedPrecondition {
+        message: format!("stored {} {id} cannot be read: {e}", kind.name()),
+        fix: None,
+    })?;
+    let source = Source::parse(source).ok_or_else(|| VaultError::FailedPrecondition {
+        message: format!("stored {} {id} has unknown source {source:?}", kind.name()),
+        fix: None,
+    })?;
+    Ok(Obj {
+        spec,
+        source,
+        applied_by,
+    })
+}
+
+/// Reads the whole configuration.
+pub(super) fn load_config(conn: &Connection) -> Result<ConfigState> {
+    let mut state = ConfigState::default();
+    let mut stmt = conn.prepare("SELECT kind, id, spec, source, applied_by FROM objects")?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, String>(3)?,
+            r.get::<_, Option<u32>>(4)?,
+        ))
+    })?;
+    for row in rows {
+        let (tag, id, spec, source, applied_by) = row?;
+        let kind = Kind::from_tag(&tag).ok_or_else(|| VaultError::FailedPrecondition {
+            message: format!("stored object {id} has unknown kind {tag:?}"),
+            fix: None,
+        })?;
+        match kind {
+            Kind::Scope => {
+                state.scopes.insert(
+                    id.clone(),
+                    decode_obj(kind, &id, &spec, &source, applied_by)?,
+                );
+            }
+            Kind::Provider => {
+                state.providers.insert(
+                    id.clone(),
+                    decode_obj(kind, &id, &spec, &source, applied_by)?,
+                );
+            }
+            Kind::Server => {
+                state.servers.insert(
+                    id.clone(),
+                    decode_obj(kind, &id, &spec, &source, applied_by)?,
+                );
+            }
+            Kind::Workspace => {
+                state.workspaces.insert(
+                    id.clone(),
+                    decode_obj(kind, &id, &spec, &source, applied_by)?,
+                );
+            }
+            Kind::Route => {
+                state.routes.insert(
+                    id.clone(),
+                    decode_obj(kind, &id, &spec, &source, applied_by)?,
+                );
+            }
+        }
+    }
+    state
+        .workspaces
+        .entry(crate::model::DEFAULT_WORKSPACE.into())
+        .or_insert_with(ConfigState::default_workspace);
+    let mut stmt = conn.prepare("SELECT scope_id, keys, version FROM scope_secrets")?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, i64>(2)?,
+        ))
+    })?;
+    for row in rows {
+        let (scope, keys, version) = row?;
+        let keys = serde_json::from_str(&keys).unwrap_or_default();
+        state.secrets.insert(
+            scope,
+            SecretMeta {
+                keys,
+                version: version as u64,
+            },
+        );
+    }
+    let mut stmt = conn.prepare("SELECT provider_id FROM provider_secrets")?;
+    for id in stmt.query_map([], |r| r.get::<_, String>(0))? {
+        state.provider_secrets.insert(id?);
+    }
+    Ok(state)
+}

@@ -1,0 +1,313 @@
+//! The store: one SQLite database (WAL, `synchronous=FULL`) holding the
+//! configuration, the age ciphertext of every secret, and the audit log.
+//!
+//! Only this module runs SQL. All writes go through one writer thread that
+//! groups the jobs waiting for it into one transaction (group commit), with a
+//! savepoint per job: each job is atomic on its own, a failing job changes
+//! nothing, and a job's caller is answered only after the commit that made
+//! its change durable. One serialised writer also means a read-modify-write
+//! (a secret set, an apply) can never lose a concurrent update.
+//!
+//! Trust: runs inside the vault daemon only; values cross this module as
+//! ciphertext, except inside a write job that decrypts, edits and
+//! re-encrypts a scope's map in zeroizing buffers.
+
+mod audit;
+mod ctx;
+mod schema;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use mcplexer_proto::v1 as pb;
+use rusqlite::{Connection, OpenFlags};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+
+use crate::error::{Result, VaultError};
+use crate::model::ConfigState;
+use crate::vault::Keyring;
+
+pub use audit::AuditFilter;
+pub use ctx::WriteCtx;
+pub(crate) use ctx::read_scope_ciphertext;
+
+/// How many queued jobs one transaction takes at most.
+const MAX_BATCH: usize = 512;
+
+/// A committed configuration, as readers see it.
+pub struct Snapshot {
+    /// Bumped on every committed configuration change.
+    pub generation: u64,
+    /// The configuration.
+    pub config: Arc<ConfigState>,
+}
+
+type Completion = Box<dyn FnOnce(Result<()>) + Send>;
+type Job = Box<dyn FnOnce(&mut WriteCtx<'_>) -> (bool, Completion) + Send>;
+
+/// Handle to the store; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    jobs: mpsc::Sender<Job>,
+    /// Read-only connection for audit queries and ciphertext reads. WAL lets
+    /// it read while the writer writes.
+    reader: Arc<Mutex<Connection>>,
+    snapshot: watch::Receiver<Arc<Snapshot>>,
+    audit_tx: broadcast::Sender<pb::AuditRecord>,
+    keyring: Arc<std::sync::RwLock<Arc<Keyring>>>,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating and migrating) the database at `path`, checks that
+    /// `keyring` is the identity it is encrypted to, and starts the writer.
+    ///
+    /// `pending_identity` is the path of an identity written by a rotation
+    /// that may have committed before its file was renamed into place; if
+    /// the database names its recipient, it is adopted and `Ok(Some(path))`
+    /// tells the caller to finish the rename.
+    pub fn open(path: &Path, keyring: Keyring, pending: Option<Keyring>) -> Result<(Self, bool)> {
+        let mut conn = Connection::open(path)?;
+        schema::configure(&conn)?;
+        schema::migrate(&mut conn)?;
+        let (keyring, adopted) = schema::check_recipient(&conn, keyring, pending)?;
+        let config = ctx::load_config(&conn)?;
+        let reader = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        reader.busy_timeout(std::time::Duration::from_secs(10))?;
+
+        let (snap_tx, snap_rx) = watch::channel(Arc::new(Snapshot {
+            generation: 1,
+            config: Arc::new(config),
+        }));
+        let (audit_tx, _) = broadcast::channel(1024);
+        let keyring = Arc::new(std::sync::RwLock::new(Arc::new(keyring)));
+        let (jobs_tx, jobs_rx) = mpsc::channel::<Job>(4096);
+        let writer = Writer {
+            conn,
+            jobs: jobs_rx,
+            snapshot: snap_tx,
+            audit: audit_tx.clone(),
+            keyring: keyring.clone(),
+        };
+        std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || writer.run())
+            .map_err(|e| VaultError::io("cannot start the store writer", e))?;
+        Ok((
+            Self {
+                jobs: jobs_tx,
+                reader: Arc::new(Mutex::new(reader)),
+                snapshot: snap_rx,
+                audit_tx,
+                keyring,
+                path: path.to_owned(),
+            },
+            adopted,
+        ))
+    }
+
+    /// Runs `f` in the writer, in its own savepoint of a group-committed
+    /// transaction; returns once the change is durable (or rolled back).
+    pub async fn write<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut WriteCtx<'_>) -> Result<T> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |ctx| match f(ctx) {
+            Ok(value) => (
+                true,
+                Box::new(move |committed: Result<()>| {
+                    let _ = tx.send(committed.map(|()| value));
+                }),
+            ),
+            Err(err) => (
+                false,
+                Box::new(move |_| {
+                    let _ = tx.send(Err(err));
+                }),
+            ),
+        });
+        self.jobs
+            .send(job)
+            .await
+            .map_err(|_| VaultError::Unavailable)?;
+        rx.await.map_err(|_| VaultError::Unavailable)?
+    }
+
+    /// Runs `f` with the read-only connection on a blocking thread.
+    pub async fn read<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = reader.lock().unwrap_or_else(PoisonError::into_inner);
+            f(&conn)
+        })
+        .await
+        .map_err(|_| VaultError::Unavailable)?
+    }
+
+    /// The current configuration.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.borrow().clone()
+    }
+
+    /// A receiver that sees every new configuration.
+    pub fn watch(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.snapshot.clone()
+    }
+
+    /// A receiver of every committed audit record.
+    pub fn audit_feed(&self) -> broadcast::Receiver<pb::AuditRecord> {
+        self.audit_tx.subscribe()
+    }
+
+    /// The keyring in force.
+    pub fn keyring(&self) -> Arc<Keyring> {
+        self.keyring
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Queries the audit log.
+    pub async fn query_audit(&self, filter: AuditFilter) -> Result<Vec<pb::AuditRecord>> {
+        self.read(move |conn| audit::query(conn, &filter)).await
+    }
+
+    /// Counts audit records.
+    pub async fn count_audit(&self) -> Result<u64> {
+        self.read(audit::count).await
+    }
+}
+
+/// The writer thread's state.
+struct Writer {
+    conn: Connection,
+    jobs: mpsc::Receiver<Job>,
+    snapshot: watch::Sender<Arc<Snapshot>>,
+    audit: broadcast::Sender<pb::AuditRecord>,
+    keyring: Arc<std::sync::RwLock<Arc<Keyring>>>,
+}
+
+impl Writer {
+    fn run(mut self) {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        while let Some(first) = self.jobs.blocking_recv() {
+            batch.push(first);
+            while batch.len() < MAX_BATCH {
+                match self.jobs.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            self.run_batch(&mut batch);
+        }
+    }
+
+    fn run_batch(&mut self, batch: &mut Vec<Job>) {
+        let current = self.snapshot.borrow().clone();
+        let keyring = self
+            .keyring
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if let Err(err) = self.conn.execute_batch("BEGIN IMMEDIATE") {
+            let err = VaultError::from(err);
+            tracing::error!(error = %err, "cannot begin a transaction");
+            // Dropping the jobs drops their answer channels: every caller
+            // gets `Unavailable` and nothing was changed.
+            batch.clear();
+            return;
+        }
+        let mut completions = Vec::with_capacity(batch.len());
+        let mut config = current.config.clone();
+        let mut config_changed = false;
+        let mut keyring_now = keyring.clone();
+        let mut keyring_changed = false;
+        let mut audits = Vec::new();
+        for job in batch.drain(..) {
+            if let Err(err) = self.conn.execute_batch("SAVEPOINT job") {
+                // Dropping the job drops its answer channel: the caller gets
+                // `Unavailable` and nothing was changed.
+                tracing::error!(error = %err, "cannot open a savepoint");
+                drop(job);
+                continue;
+            }
+            let mut ctx = WriteCtx::new(&self.conn, config.clone(), keyring_now.clone());
+            let (ok, done) = job(&mut ctx);
+            let step = if ok {
+                self.conn.execute_batch("RELEASE job")
+            } else {
+                self.conn
+                    .execute_batch("ROLLBACK TO job")
+                    .and_then(|()| self.conn.execute_batch("RELEASE job"))
+            };
+            match (ok, step) {
+                (true, Ok(())) => {
+                    let outcome = ctx.finish();
+                    if let Some(next) = outcome.config {
+                        config = Arc::new(next);
+                        config_changed = true;
+                    }
+                    if let Some(next) = outcome.keyring {
+                        keyring_now = next;
+                        keyring_changed = true;
+                    }
+                    audits.extend(outcome.audits);
+                    completions.push((true, done));
+                }
+                (false, Ok(())) => completions.push((false, done)),
+                (_, Err(err)) => {
+                    tracing::error!(error = %err, "savepoint failed");
+                    completions.push((false, done));
+                }
+            }
+        }
+        match self.conn.execute_batch("COMMIT") {
+            Ok(()) => {
+                if keyring_changed {
+                    *self.keyring.write().unwrap_or_else(PoisonError::into_inner) = keyring_now;
+                }
+                if config_changed {
+                    self.snapshot.send_replace(Arc::new(Snapshot {
+                        generation: current.generation + 1,
+                        config,
+                    }));
+                }
+                for (_, done) in completions {
+                    done(Ok(()));
+                }
+                for record in audits {
+                    let _ = self.audit.send(record);
+                }
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "commit failed; every job of the batch is rolled back");
+                let _ = self.conn.execute_batch("ROLLBACK");
+                for (ok, done) in completions {
+                    if ok {
+                        done(Err(VaultError::FailedPrecondition {
+                            message: "the change could not be committed; nothing was changed"
+                                .into(),
+                            fix: None,
+                        }));
+                    } else {
+                        done(Ok(()));
+                    }
+                }
+            }
+        }
+    }
+}
