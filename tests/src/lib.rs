@@ -1,1 +1,369 @@
-//! Test harness.
+//! Harness for the end-to-end tests and the benchmark: starts the real
+//! `mcplexer-vaultd` on a temporary socket and state directory, waits for its
+//! `READY=1` on a private notify socket (no sleeps), and runs the real
+//! `mcplexerctl` against it, as root or as another uid through `setpriv`.
+//!
+//! Trust: test code only; it runs as root so that it can act as other uids.
+
+use std::ffi::OsStr;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use tempfile::TempDir;
+use tonic::transport::Channel;
+
+/// How long a daemon may take to become ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The directory holding the workspace's built binaries.
+pub fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("MCPLEXER_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test> or target/<profile>/<bench>
+    for dir in exe.ancestors().skip(1) {
+        if dir.join("mcplexer-vaultd").exists() {
+            return dir.to_owned();
+        }
+    }
+    panic!(
+        "mcplexer-vaultd not found next to {}; build the workspace first (cargo build --workspace)",
+        exe.display()
+    );
+}
+
+/// The path of a workspace binary.
+pub fn bin(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} is missing; build the workspace first (cargo build --workspace)",
+        path.display()
+    );
+    path
+}
+
+/// Options of a daemon start.
+#[derive(Clone, Debug, Default)]
+pub struct VaultOptions {
+    /// `--config FILE`.
+    pub config: Option<PathBuf>,
+    /// `--client-group GID`; also makes the socket reachable by that group.
+    pub client_group: Option<u32>,
+    /// `--admin-group GID`.
+    pub admin_group: Option<u32>,
+    /// Extra flags.
+    pub extra: Vec<String>,
+}
+
+/// A running vault daemon on temporary paths. Killed when dropped.
+pub struct Vault {
+    /// The root of the temporary tree.
+    pub root: TempDir,
+    /// The socket path.
+    pub socket: PathBuf,
+    /// The state directory.
+    pub state_dir: PathBuf,
+    /// The options it was started with.
+    pub options: VaultOptions,
+    child: Option<Child>,
+}
+
+/// A finished command: status and both outputs as text.
+#[derive(Debug)]
+pub struct Run {
+    /// Exit code (-1 when killed by a signal).
+    pub code: i32,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+impl Run {
+    fn from(out: Output) -> Self {
+        Self {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Panics unless the command succeeded; returns stdout.
+    #[track_caller]
+    pub fn ok(&self) -> &str {
+        assert_eq!(self.code, 0, "command failed: {self:#?}");
+        &self.stdout
+    }
+
+    /// Parses stdout as JSON.
+    #[track_caller]
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(self.ok()).unwrap_or_else(|e| panic!("not JSON ({e}): {self:#?}"))
+    }
+}
+
+impl Vault {
+    /// Starts a daemon with default options.
+    pub fn start() -> Self {
+        Self::start_with(VaultOptions::default())
+    }
+
+    /// Starts a daemon and waits until it is ready.
+    pub fn start_with(options: VaultOptions) -> Self {
+        let root = tempfile::Builder::new()
+            .prefix("mcplexer-test-")
+            .tempdir()
+            .expect("tempdir");
+        // Other test uids must reach the socket: the tree is traversable,
+        // the state directory stays private.
+        std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o711))
+            .expect("chmod");
+        let run = root.path().join("run");
+        std::fs::create_dir(&run).expect("mkdir run");
+        std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o711)).expect("chmod");
+        let mut vault = Self {
+            socket: run.join("vault.sock"),
+            state_dir: root.path().join("state"),
+            root,
+            options,
+            child: None,
+        };
+        vault.spawn().unwrap_or_else(|e| panic!("{e}"));
+        vault
+    }
+
+    /// The daemon's log file.
+    pub fn log_path(&self) -> PathBuf {
+        self.root.path().join("vaultd.log")
+    }
+
+    /// The daemon's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// The command line the daemon is started with.
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(bin("mcplexer-vaultd"));
+        cmd.arg("--user")
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg("--state-dir")
+            .arg(&self.state_dir);
+        if let Some(config) = &self.options.config {
+            cmd.arg("--config").arg(config);
+        }
+        if let Some(gid) = self.options.client_group {
+            cmd.arg("--client-group").arg(gid.to_string());
+        }
+        if let Some(gid) = self.options.admin_group {
+            cmd.arg("--admin-group").arg(gid.to_string());
+        }
+        cmd.args(&self.options.extra);
+        cmd.env_remove("NOTIFY_SOCKET")
+            .env_remove("JOURNAL_STREAM")
+            .env_remove("CREDENTIALS_DIRECTORY")
+            .env_remove("LISTEN_FDS");
+        cmd
+    }
+
+    /// Spawns the daemon and waits for READY=1; on failure returns its log.
+    pub fn spawn(&mut self) -> Result<(), String> {
+        let notify_path = self.root.path().join("notify.sock");
+        let _ = std::fs::remove_file(&notify_path);
+        let notify = UnixDatagram::bind(&notify_path).expect("bind notify socket");
+        notify
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("log file");
+        let mut child = self
+            .command()
+            .env("NOTIFY_SOCKET", &notify_path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn mcplexer-vaultd");
+        let deadline = std::time::Instant::now() + READY_TIMEOUT;
+        let mut buf = [0u8; 4096];
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                return Err(format!(
+                    "mcplexer-vaultd exited ({status}) before it was ready:\n{}",
+                    self.log()
+                ));
+            }
+            match notify.recv(&mut buf) {
+                Ok(n)
+                    if String::from_utf8_lossy(&buf[..n])
+                        .lines()
+                        .any(|l| l == "READY=1") =>
+                {
+                    break;
+                }
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => panic!("notify socket: {e}"),
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                return Err(format!(
+                    "mcplexer-vaultd was not ready within {READY_TIMEOUT:?}:\n{}",
+                    self.log()
+                ));
+            }
+        }
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// The daemon's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Kills the daemon with SIGKILL and reaps it.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops the daemon with SIGTERM; returns its exit code.
+    pub fn stop(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        // SAFETY: kill(2) on a child we spawned and have not reaped.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        child.wait().ok().and_then(|s| s.code())
+    }
+
+    /// Restarts a stopped or killed daemon on the same paths.
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn().unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// Runs mcplexerctl as root with `args`.
+    pub fn ctl<I, S>(&self, args: I) -> Run
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.ctl_with(None, args, None)
+    }
+
+    /// Runs mcplexerctl with `stdin` as input.
+    pub fn ctl_input<I, S>(&self, args: I, stdin: &[u8]) -> Run
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.ctl_with(None, args, Some(stdin))
+    }
+
+    /// Runs mcplexerctl as `uid`:`gid` (no supplementary groups) via setpriv.
+    pub fn ctl_as<I, S>(&self, uid: u32, gid: u32, args: I, stdin: Option<&[u8]>) -> Run
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.ctl_with(Some((uid, gid)), args, stdin)
+    }
+
+    fn ctl_with<I, S>(&self, user: Option<(u32, u32)>, args: I, stdin: Option<&[u8]>) -> Run
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut cmd = match user {
+            None => Command::new(bin("mcplexerctl")),
+            Some((uid, gid)) => {
+                let mut cmd = Command::new("setpriv");
+                cmd.arg(format!("--reuid={uid}"))
+                    .arg(format!("--regid={gid}"))
+                    .arg("--clear-groups")
+                    .arg(bin("mcplexerctl"));
+                cmd
+            }
+        };
+        cmd.arg("--socket").arg(&self.socket).args(args);
+        cmd.env_remove("MCPLEXER_VAULT_SOCKET");
+        cmd.stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn mcplexerctl");
+        if let Some(input) = stdin {
+            let mut pipe = child.stdin.take().expect("stdin");
+            pipe.write_all(input).expect("write stdin");
+        }
+        Run::from(child.wait_with_output().expect("wait mcplexerctl"))
+    }
+
+    /// A gRPC channel to the daemon (as the test's own uid).
+    pub async fn channel(&self) -> Channel {
+        mcplexer_proto::connect(&self.socket)
+            .await
+            .expect("connect")
+    }
+
+    /// Writes `text` to a file in the temporary tree; returns its path.
+    pub fn write_file(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.root.path().join(name);
+        std::fs::write(&path, text).expect("write file");
+        path
+    }
+}
+
+impl Drop for Vault {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Every regular file under `dir`, recursively.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).expect("read_dir").flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
+
+/// Whether `needle` occurs in `haystack`.
+pub fn contains_bytes(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The path of a fixture file in `tests/fixtures`.
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name)
+}

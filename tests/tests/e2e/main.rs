@@ -1,0 +1,6 @@
+//! End-to-end tests of the real binaries: one test binary, one module per
+//! capability. Each test starts its own daemon on temporary paths.
+
+#![allow(missing_docs)]
+
+mod smoke;
