@@ -4,6 +4,9 @@
 //! `mcplexerctl` against it, as root or as another uid through `setpriv`.
 //!
 //! Trust: test code only; it runs as root so that it can act as other uids.
+//! A failed set-up step must abort the test, hence `expect` throughout.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::ffi::OsStr;
 use std::io::Write;
