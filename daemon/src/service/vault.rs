@@ -23,6 +23,7 @@ use crate::authz::Caller;
 use crate::clock::now_ms;
 use crate::error::{Result, VaultError};
 use crate::model::{self, ScopeType, enum_name, transport_compatible};
+use crate::store::Durability;
 use crate::vault::SecretMap;
 
 /// A scope's decrypted values at one version. No `Debug`.
@@ -186,7 +187,7 @@ impl VaultService {
         };
         self.shared
             .store
-            .write(move |ctx| ctx.insert_audit(record))
+            .write_with(Durability::Process, move |ctx| ctx.insert_audit(record))
             .await
             .map(|_| ())
     }
@@ -322,7 +323,7 @@ impl Vault for VaultService {
         let id = self
             .shared
             .store
-            .write(move |ctx| ctx.insert_audit(record))
+            .write_with(Durability::Process, move |ctx| ctx.insert_audit(record))
             .await?;
         Ok(Response::new(pb::SubmitAuditResponse { id }))
     }

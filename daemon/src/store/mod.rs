@@ -1,5 +1,7 @@
-//! The store: one SQLite database (WAL, `synchronous=FULL`) holding the
-//! configuration, the age ciphertext of every secret, and the audit log.
+//! The store: one SQLite database (WAL) holding the configuration, the age
+//! ciphertext of every secret, and the audit log. Configuration and secret
+//! changes commit with `synchronous=FULL`; per-call audit records with
+//! `synchronous=NORMAL` (see [`Durability`]).
 //!
 //! Only this module runs SQL. All writes go through one writer thread that
 //! groups the jobs waiting for it into one transaction (group commit), with a
@@ -43,7 +45,26 @@ pub struct Snapshot {
 }
 
 type Completion = Box<dyn FnOnce(Result<()>) + Send>;
-type Job = Box<dyn FnOnce(&mut WriteCtx<'_>) -> (bool, Completion) + Send>;
+type JobFn = Box<dyn FnOnce(&mut WriteCtx<'_>) -> (bool, Completion) + Send>;
+
+/// How far a commit must reach before its caller is answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// On disk (`synchronous=FULL`): survives power loss. For configuration,
+    /// secrets and identity changes.
+    Disk,
+    /// In the WAL in the OS page cache (`synchronous=NORMAL`): survives a
+    /// crash or `kill -9` of the daemon, not of the machine. For audit
+    /// records on the release path, where a 300 µs fsync per release would
+    /// cost more than the release itself; the next durable commit (or WAL
+    /// checkpoint) puts them on disk too.
+    Process,
+}
+
+struct Job {
+    run: JobFn,
+    durability: Durability,
+}
 
 /// Handle to the store; cheap to clone.
 #[derive(Clone)]
@@ -91,6 +112,7 @@ impl Store {
             snapshot: snap_tx,
             audit: audit_tx.clone(),
             keyring: keyring.clone(),
+            durability: Durability::Disk,
         };
         std::thread::Builder::new()
             .name("store-writer".into())
@@ -116,8 +138,17 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&mut WriteCtx<'_>) -> Result<T> + Send + 'static,
     {
+        self.write_with(Durability::Disk, f).await
+    }
+
+    /// Like [`Store::write`], with the given durability.
+    pub async fn write_with<T, F>(&self, durability: Durability, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut WriteCtx<'_>) -> Result<T> + Send + 'static,
+    {
         let (tx, rx) = oneshot::channel();
-        let job: Job = Box::new(move |ctx| match f(ctx) {
+        let run: JobFn = Box::new(move |ctx| match f(ctx) {
             Ok(value) => (
                 true,
                 Box::new(move |committed: Result<()>| {
@@ -132,7 +163,7 @@ impl Store {
             ),
         });
         self.jobs
-            .send(job)
+            .send(Job { run, durability })
             .await
             .map_err(|_| VaultError::Unavailable)?;
         rx.await.map_err(|_| VaultError::Unavailable)?
@@ -199,6 +230,8 @@ struct Writer {
     snapshot: watch::Sender<Arc<Snapshot>>,
     audit: broadcast::Sender<pb::AuditRecord>,
     keyring: Arc<std::sync::RwLock<Arc<Keyring>>>,
+    /// The `synchronous` setting in force.
+    durability: Durability,
 }
 
 impl Writer {
@@ -223,6 +256,25 @@ impl Writer {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
+        let durability = if batch.iter().any(|j| j.durability == Durability::Disk) {
+            Durability::Disk
+        } else {
+            Durability::Process
+        };
+        if durability != self.durability {
+            let pragma = match durability {
+                Durability::Disk => "PRAGMA synchronous=FULL",
+                Durability::Process => "PRAGMA synchronous=NORMAL",
+            };
+            match self.conn.execute_batch(pragma) {
+                Ok(()) => self.durability = durability,
+                Err(err) => {
+                    tracing::error!(error = %err, "cannot set the sync mode");
+                    batch.clear();
+                    return;
+                }
+            }
+        }
         if let Err(err) = self.conn.execute_batch("BEGIN IMMEDIATE") {
             let err = VaultError::from(err);
             tracing::error!(error = %err, "cannot begin a transaction");
@@ -245,6 +297,7 @@ impl Writer {
                 drop(job);
                 continue;
             }
+            let job = job.run;
             let mut ctx = WriteCtx::new(&self.conn, config.clone(), keyring_now.clone());
             let (ok, done) = job(&mut ctx);
             let step = if ok {

@@ -57,6 +57,7 @@ pub fn configure(conn: &Connection) -> Result<()> {
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
     // WAL: readers never block the writer. FULL: a commit is on disk before
     // its caller is answered, so an acknowledged write survives power loss.
+    // The writer lowers this to NORMAL for batches of audit records only.
     let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(VaultError::FailedPrecondition {
