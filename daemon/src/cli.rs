@@ -14,7 +14,8 @@ pub struct Cli {
     #[arg(long)]
     pub user: bool,
     /// The Unix socket to listen on [system: /run/mcplexer/vault.sock;
-    /// user: $XDG_RUNTIME_DIR/mcplexer/vault.sock].
+    /// user: $XDG_RUNTIME_DIR/mcplexer/vault.sock, or vault.sock in the
+    /// user state directory when there is no XDG_RUNTIME_DIR].
     #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
     /// The state directory (identity, database) [system: /var/lib/mcplexer;

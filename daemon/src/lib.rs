@@ -85,13 +85,12 @@ fn group(spec: Option<&str>, default: Option<&str>, flag: &str) -> Result<Option
 fn settings(cli: &Cli) -> Result<Settings, StartError> {
     let user_mode = cli.user || sys::current_uid() != 0;
     let (socket, state_dir, config_dir) = if user_mode {
-        let runtime = env_dir("XDG_RUNTIME_DIR");
-        let socket = match (&cli.socket, runtime) {
+        let socket = match (&cli.socket, mcplexer_proto::user_socket()) {
             (Some(s), _) => s.clone(),
-            (None, Some(r)) => r.join("mcplexer").join("vault.sock"),
+            (None, Some(s)) => s,
             (None, None) => {
                 return Err(StartError(
-                    "XDG_RUNTIME_DIR is not set, so there is no default socket path.\n  fix: pass --socket PATH".into(),
+                    "neither XDG_RUNTIME_DIR nor HOME is set, so there is no default socket path.\n  fix: pass --socket PATH".into(),
                 ));
             }
         };
@@ -203,7 +202,7 @@ async fn apply_config(store: &Store, path: &Path, uid: u32) -> Result<(), StartE
         role: Role::Admin,
     };
     let changes = store
-        .write(move |ctx| ops::apply(ctx, &caller, &doc, false))
+        .write(move |ctx| ops::apply(ctx, &caller, ops::Applier::ConfigFile, &doc, false))
         .await
         .map_err(|e| {
             StartError(format!(

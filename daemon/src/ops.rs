@@ -169,10 +169,11 @@ fn changed_fields<T: Serialize>(old: &T, new: &T) -> Vec<String> {
         .collect()
 }
 
-/// Plans the part of an apply for one kind: prunes the caller's `yaml`
+/// Plans the part of an apply for one kind: prunes the applier's `yaml`
 /// objects that left the document, creates and updates the rest.
 fn plan_kind<T: Object>(
     caller: &Caller,
+    applier: Option<u32>,
     doc: &Document,
     next: &mut ConfigState,
     changes: &mut Vec<Change>,
@@ -184,9 +185,7 @@ fn plan_kind<T: Object>(
     let prune: Vec<String> = map
         .values()
         .filter(|o| {
-            o.source == Source::Yaml
-                && o.applied_by == Some(caller.uid())
-                && !wanted.contains_key(o.spec.id())
+            o.source == Source::Yaml && o.applied_by == applier && !wanted.contains_key(o.spec.id())
         })
         .map(|o| o.spec.id().to_owned())
         .collect();
@@ -203,7 +202,7 @@ fn plan_kind<T: Object>(
         let obj = Obj {
             spec: (*spec).clone(),
             source: Source::Yaml,
-            applied_by: Some(caller.uid()),
+            applied_by: applier,
         };
         match map.get(id) {
             Some(existing) if existing.source != Source::Yaml => problems.push(format!(
@@ -212,11 +211,13 @@ fn plan_kind<T: Object>(
                 existing.source.as_str(),
                 kind.noun()
             )),
-            Some(existing) if existing.applied_by != Some(caller.uid()) && !caller.is_admin() => {
+            Some(existing) if existing.applied_by != applier && !caller.is_admin() => {
                 problems.push(format!(
-                    "{} {id} was applied by uid {}; uid {} cannot change it",
+                    "{} {id} comes from {}; uid {} cannot change it",
                     kind.name(),
-                    existing.applied_by.map_or("?".into(), |u| u.to_string()),
+                    existing
+                        .applied_by
+                        .map_or("the vault's --config file".into(), |u| format!("an apply by uid {u}")),
                     caller.uid()
                 ))
             }
@@ -258,22 +259,43 @@ fn persist<T: Object>(
     Ok(())
 }
 
+/// Who applied a document: `yaml` objects remember it, and an apply prunes
+/// only the objects of the same applier.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Applier {
+    /// The daemon's `--config` file.
+    ConfigFile,
+    /// `mcplexerctl apply` (or the UI) run by this uid.
+    Uid(u32),
+}
+
+impl Applier {
+    fn stored(self) -> Option<u32> {
+        match self {
+            Self::ConfigFile => None,
+            Self::Uid(uid) => Some(uid),
+        }
+    }
+}
+
 /// Applies a normalised, owner-checked document: one transaction; with
 /// `dry_run` only the plan is returned.
 pub fn apply(
     ctx: &mut WriteCtx<'_>,
     caller: &Caller,
+    applier: Applier,
     doc: &Document,
     dry_run: bool,
 ) -> Result<Vec<Change>> {
+    let applier = applier.stored();
     let mut next = ctx.config().clone();
     let mut changes = Vec::new();
     let mut problems = Vec::new();
-    plan_kind::<ScopeSpec>(caller, doc, &mut next, &mut changes, &mut problems);
-    plan_kind::<ProviderSpec>(caller, doc, &mut next, &mut changes, &mut problems);
-    plan_kind::<ServerSpec>(caller, doc, &mut next, &mut changes, &mut problems);
-    plan_kind::<WorkspaceSpec>(caller, doc, &mut next, &mut changes, &mut problems);
-    plan_kind::<RouteSpec>(caller, doc, &mut next, &mut changes, &mut problems);
+    plan_kind::<ScopeSpec>(caller, applier, doc, &mut next, &mut changes, &mut problems);
+    plan_kind::<ProviderSpec>(caller, applier, doc, &mut next, &mut changes, &mut problems);
+    plan_kind::<ServerSpec>(caller, applier, doc, &mut next, &mut changes, &mut problems);
+    plan_kind::<WorkspaceSpec>(caller, applier, doc, &mut next, &mut changes, &mut problems);
+    plan_kind::<RouteSpec>(caller, applier, doc, &mut next, &mut changes, &mut problems);
     problems.extend(validate_state(&next));
     problems_to_error(problems)?;
     if dry_run || changes.is_empty() {

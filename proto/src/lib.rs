@@ -57,19 +57,36 @@ pub enum ConnectError {
     },
 }
 
+fn env_dir(var: &str) -> Option<PathBuf> {
+    std::env::var_os(var)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+}
+
+/// The socket of a user-mode vault for the current user:
+/// `$XDG_RUNTIME_DIR/mcplexer/vault.sock`, or, where there is no runtime
+/// directory (a root shell, a container), `vault.sock` in the user-mode state
+/// directory (`$XDG_STATE_HOME/mcplexer`, default `~/.local/state/mcplexer`),
+/// which is private to the user.
+pub fn user_socket() -> Option<PathBuf> {
+    if let Some(runtime) = env_dir("XDG_RUNTIME_DIR") {
+        return Some(runtime.join("mcplexer").join("vault.sock"));
+    }
+    env_dir("XDG_STATE_HOME")
+        .or_else(|| env_dir("HOME").map(|h| h.join(".local").join("state")))
+        .map(|state| state.join("mcplexer").join("vault.sock"))
+}
+
 /// The socket a client uses when none is given: `$MCPLEXER_VAULT_SOCKET`, else
 /// the user-mode socket if it exists, else the system socket.
 pub fn default_socket() -> PathBuf {
     if let Some(path) = std::env::var_os(SOCKET_ENV).filter(|p| !p.is_empty()) {
         return PathBuf::from(path);
     }
-    if let Some(runtime) = std::env::var_os("XDG_RUNTIME_DIR").filter(|p| !p.is_empty()) {
-        let user = PathBuf::from(runtime).join("mcplexer").join("vault.sock");
-        if user.exists() {
-            return user;
-        }
-    }
-    PathBuf::from(SYSTEM_SOCKET)
+    user_socket()
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from(SYSTEM_SOCKET))
 }
 
 /// Opens a channel to the vault listening on the Unix socket `path`.

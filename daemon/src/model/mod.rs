@@ -406,8 +406,8 @@ pub struct Obj<T> {
     pub spec: T,
     /// Where it came from.
     pub source: Source,
-    /// For `yaml` objects: the uid whose `apply` (or the daemon's `--config`)
-    /// wrote it; only that uid's applies prune it.
+    /// For `yaml` objects: the uid whose `apply` wrote it, or none for the
+    /// daemon's `--config` file; only applies of the same origin prune it.
     pub applied_by: Option<u32>,
 }
 

@@ -6,7 +6,7 @@ use mcplexer_proto::v1 as pb;
 use pb::admin_server::Admin;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::Zeroizing;
 
 use super::SharedRef;
 use crate::authz::Caller;
@@ -222,7 +222,7 @@ impl Admin for AdminService {
             let c = caller.clone();
             self.0
                 .store
-                .write(move |ctx| ops::apply(ctx, &c, &doc, dry_run))
+                .write(move |ctx| ops::apply(ctx, &c, ops::Applier::Uid(c.uid()), &doc, dry_run))
                 .await
         }
         .await;
@@ -285,11 +285,10 @@ impl Admin for AdminService {
     ) -> Reply<pb::SetSecretResponse> {
         let caller = self.0.authorize(&request, "Admin/SetSecret").await?;
         let mut req = request.into_inner();
-        // The value moves into a zeroizing buffer at once; the request's
-        // copy is wiped. (The transport's receive buffer is outside our
-        // reach; it is released when the request is decoded.)
+        // The value moves (no copy) into a zeroizing buffer at once. The
+        // transport's receive buffer is outside our reach; it is released
+        // once the request is decoded.
         let value = Zeroizing::new(std::mem::take(&mut req.value));
-        req.value.zeroize();
         let c = caller.clone();
         let (scope, key) = (req.scope_id, req.key);
         let result = self
