@@ -364,3 +364,116 @@ impl Writer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Kind, Obj, Policy, Source, WorkspaceSpec};
+
+    fn workspace(id: &str) -> Obj<WorkspaceSpec> {
+        Obj {
+            spec: WorkspaceSpec {
+                id: id.into(),
+                name: id.into(),
+                root_path: format!("/srv/{id}"),
+                default_policy: Policy::Deny,
+                owner: None,
+            },
+            source: Source::Api,
+            applied_by: None,
+        }
+    }
+
+    /// Jobs grouped into one transaction stay independent: a failing job
+    /// changes nothing (neither rows nor the published configuration) and
+    /// does not take its batch-mates down; what was acknowledged survives a
+    /// reopen.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn group_commit_keeps_jobs_independent() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vault.db");
+        let keyring = Keyring::generate();
+        let recipient = keyring.recipient();
+        let (store, _) = Store::open(&path, keyring, None).unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..200 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                let id = format!("ws-{i}");
+                store
+                    .write(move |ctx| {
+                        let obj = workspace(&id);
+                        ctx.put_object(Kind::Workspace, &obj, &id)?;
+                        ctx.config_mut().workspaces.insert(id.clone(), obj);
+                        if i % 3 == 0 {
+                            return Err(VaultError::invalid(format!("job {i} refuses")));
+                        }
+                        Ok(())
+                    })
+                    .await
+                    .is_ok()
+            }));
+        }
+        let mut acked = Vec::new();
+        for (i, task) in tasks.into_iter().enumerate() {
+            if task.await.unwrap() {
+                acked.push(format!("ws-{i}"));
+            }
+        }
+        assert_eq!(acked.len(), 200 - 67);
+        let published = store.snapshot();
+        for i in 0..200 {
+            let id = format!("ws-{i}");
+            assert_eq!(
+                published.config.workspaces.contains_key(&id),
+                i % 3 != 0,
+                "{id}"
+            );
+        }
+        drop(store);
+
+        // The rows on disk match what was acknowledged.
+        let conn = Connection::open(&path).unwrap();
+        let stored: Vec<String> = conn
+            .prepare("SELECT id FROM objects WHERE kind = 'workspace' ORDER BY id")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        acked.sort();
+        assert_eq!(stored, acked);
+        let stored_recipient: String = conn
+            .query_row("SELECT value FROM meta WHERE key = 'recipient'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(stored_recipient, recipient);
+    }
+
+    /// A database encrypted to one identity refuses another, and adopts a
+    /// pending identity that it is encrypted to.
+    #[test]
+    fn identity_must_match_the_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vault.db");
+        let first = Keyring::generate();
+        let first_recipient = first.recipient();
+        drop(Store::open(&path, first, None).unwrap());
+        let err = Store::open(&path, Keyring::generate(), None).err().unwrap();
+        assert!(err.to_string().contains(&first_recipient), "{err}");
+        // The identity that matches, offered as pending, is adopted.
+        let mut conn = Connection::open(&path).unwrap();
+        let replacement = Keyring::generate();
+        let tx = conn.transaction().unwrap();
+        tx.execute(
+            "UPDATE meta SET value = ?1 WHERE key = 'recipient'",
+            [replacement.recipient()],
+        )
+        .unwrap();
+        tx.commit().unwrap();
+        drop(conn);
+        let (_, adopted) = Store::open(&path, Keyring::generate(), Some(replacement)).unwrap();
+        assert!(adopted);
+    }
+}
