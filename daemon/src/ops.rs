@@ -211,19 +211,25 @@ fn plan_kind<T: Object>(
                 existing.source.as_str(),
                 kind.noun()
             )),
-            Some(existing) if existing.applied_by != applier && !caller.is_admin() => {
+            // A document changes only what it (or the same origin) applied;
+            // the daemon's --config file is authoritative and may take over.
+            Some(existing) if existing.applied_by != applier && applier.is_some() => {
                 problems.push(format!(
-                    "{} {id} comes from {}; uid {} cannot change it",
+                    "{} {id} comes from {}; an apply by uid {} cannot change it. Change it there, or delete it first (mcplexerctl {} delete {id})",
                     kind.name(),
                     existing
                         .applied_by
                         .map_or("the vault's --config file".into(), |u| format!("an apply by uid {u}")),
-                    caller.uid()
+                    caller.uid(),
+                    kind.noun()
                 ))
             }
             Some(existing) if existing.spec == obj.spec && existing.applied_by == obj.applied_by => {}
             Some(existing) => {
-                let fields = changed_fields(&existing.spec, &obj.spec);
+                let mut fields = changed_fields(&existing.spec, &obj.spec);
+                if existing.applied_by != obj.applied_by {
+                    fields.push("applied_by".into());
+                }
                 changes.push(Change {
                     kind,
                     id: id.to_owned(),

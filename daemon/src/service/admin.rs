@@ -124,6 +124,20 @@ impl AdminService {
         Ok(())
     }
 
+    /// Answers NOT_FOUND, exactly as for a missing object, when a user acts
+    /// on an object it may not see (refusals must not reveal existence); the
+    /// attempt is audited as denied.
+    async fn require_visible<T: Object>(&self, caller: &Caller, rpc: &str, id: &str) -> Result<()> {
+        if caller.is_admin() || T::map(&self.visible(caller)).contains_key(id) {
+            return Ok(());
+        }
+        let err = VaultError::not_found(T::KIND.name(), id, T::KIND.noun());
+        self.0
+            .audit_admin(&caller.peer, rpc, "denied", &err.to_string())
+            .await;
+        Err(err)
+    }
+
     async fn delete<T: Object>(
         &self,
         caller: &Caller,
@@ -131,6 +145,7 @@ impl AdminService {
         id: String,
     ) -> Result<pb::DeleteResponse> {
         let owned_caller = caller.clone();
+        self.require_visible::<T>(caller, rpc, &id).await?;
         let result = self
             .0
             .store
@@ -291,6 +306,8 @@ impl Admin for AdminService {
         let value = Zeroizing::new(std::mem::take(&mut req.value));
         let c = caller.clone();
         let (scope, key) = (req.scope_id, req.key);
+        self.require_visible::<ScopeSpec>(&caller, "Admin/SetSecret", &scope)
+            .await?;
         let result = self
             .0
             .store
@@ -327,6 +344,8 @@ impl Admin for AdminService {
         let caller = self.0.authorize(&request, "Admin/DeleteSecret").await?;
         let req = request.into_inner();
         let c = caller.clone();
+        self.require_visible::<ScopeSpec>(&caller, "Admin/DeleteSecret", &req.scope_id)
+            .await?;
         let result = self
             .0
             .store
@@ -387,6 +406,8 @@ impl Admin for AdminService {
         let secret = Zeroizing::new(std::mem::take(&mut req.client_secret));
         let c = caller.clone();
         let id = req.provider_id;
+        self.require_visible::<ProviderSpec>(&caller, "Admin/SetProviderSecret", &id)
+            .await?;
         let result = self
             .0
             .store

@@ -3,4 +3,11 @@
 
 #![allow(missing_docs)]
 
+mod bad_input;
+mod crash;
+mod peers;
+mod probe;
+mod release;
+mod secrets;
+mod seed;
 mod smoke;

@@ -1,0 +1,229 @@
+//! `vault-probe`: test tooling that calls the Vault service (the RPCs the
+//! proxy uses, which have no mcplexerctl command) and prints the answer as
+//! JSON on stdout.
+//!
+//! ```text
+//! vault-probe --socket PATH credential SCOPE SERVER TRANSPORT [--tool T] [--rule R]
+//! vault-probe --socket PATH config
+//! vault-probe --socket PATH submit-audit --tool T --status S [--params JSON]
+//!     [--claim-uid N] [--claim-pid N] [--claim-kind K]
+//! ```
+//!
+//! The `--claim-*` options put a uid, pid or kind in the submitted record,
+//! to check that the vault replaces them with what it knows of the peer.
+//!
+//! Every answer carries `"pid"`, the probe's own pid, so a test can match it
+//! against the pid the vault audited. Values are printed as UTF-8 strings
+//! (lossy). On error it prints `{"code": "<gRPC code name>", "message": ...,
+//! "vault_code": ..., "pid": ...}` and exits 3 for PermissionDenied, 4 for the
+//! other refusals (invalid argument, not found, already exists, failed
+//! precondition, out of range, resource exhausted, unauthenticated), 1
+//! otherwise (including a socket it cannot connect to, code "Unreachable").
+//! Usage errors exit 2.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use mcplexer_proto::v1::{AuditRecord, CredentialRequest, GetConfigRequest};
+use serde_json::{Value, json};
+use tonic::Code;
+
+/// What to do.
+enum Command {
+    Credential(CredentialRequest),
+    Config,
+    SubmitAudit(AuditRecord),
+}
+
+/// Why the probe failed.
+enum Failure {
+    Usage(String),
+    Unreachable(String),
+    Status(tonic::Status),
+    Local(String),
+}
+
+fn usage(message: impl Into<String>) -> Failure {
+    Failure::Usage(message.into())
+}
+
+/// Takes the value of an option whose name was just read.
+fn value(args: &mut impl Iterator<Item = String>, flag: &str) -> Result<String, Failure> {
+    args.next()
+        .ok_or_else(|| usage(format!("{flag} needs a value")))
+}
+
+fn number(text: &str) -> Result<u32, Failure> {
+    text.parse()
+        .map_err(|_| usage(format!("{text:?} is not a number")))
+}
+
+fn parse(argv: Vec<String>) -> Result<(PathBuf, Command), Failure> {
+    let mut socket = None;
+    let mut positional = Vec::new();
+    let mut tool = String::new();
+    let mut rule = String::new();
+    let mut status = None;
+    let mut params = String::new();
+    let mut claim = AuditRecord::default();
+    let mut args = argv.into_iter();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--socket" => socket = Some(PathBuf::from(value(&mut args, "--socket")?)),
+            "--tool" => tool = value(&mut args, "--tool")?,
+            "--rule" => rule = value(&mut args, "--rule")?,
+            "--status" => status = Some(value(&mut args, "--status")?),
+            "--params" => params = value(&mut args, "--params")?,
+            "--claim-uid" => claim.uid = number(&value(&mut args, "--claim-uid")?)?,
+            "--claim-pid" => claim.pid = number(&value(&mut args, "--claim-pid")?)?,
+            "--claim-kind" => claim.kind = value(&mut args, "--claim-kind")?,
+            flag if flag.starts_with("--") => return Err(usage(format!("unknown option {flag}"))),
+            _ => positional.push(arg),
+        }
+    }
+    let socket = socket.ok_or_else(|| usage("--socket PATH is required"))?;
+    let command = match positional
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        ["credential", scope, server, transport] => Command::Credential(CredentialRequest {
+            auth_scope_id: (*scope).to_owned(),
+            downstream_server_id: (*server).to_owned(),
+            transport: (*transport).to_owned(),
+            tool,
+            route_rule_id: rule,
+        }),
+        ["config"] => Command::Config,
+        ["submit-audit"] => Command::SubmitAudit(AuditRecord {
+            tool,
+            status: status.ok_or_else(|| usage("submit-audit needs --status S"))?,
+            params,
+            ..claim
+        }),
+        _ => {
+            return Err(usage(
+                "usage: vault-probe --socket PATH (credential SCOPE SERVER TRANSPORT [--tool T] [--rule R] | config | submit-audit --tool T --status S [--params JSON])",
+            ));
+        }
+    };
+    Ok((socket, command))
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+async fn run(socket: PathBuf, command: Command) -> Result<Value, Failure> {
+    let channel = mcplexer_proto::connect(&socket)
+        .await
+        .map_err(|e| Failure::Unreachable(e.to_string()))?;
+    let mut vault = mcplexer_proto::vault_client(channel);
+    let pid = std::process::id();
+    match command {
+        Command::Credential(request) => {
+            let c = vault
+                .get_credential(request)
+                .await
+                .map_err(Failure::Status)?
+                .into_inner();
+            let values: Vec<Value> = c
+                .values
+                .iter()
+                .map(|v| json!({"name": v.name, "value": text(&v.value)}))
+                .collect();
+            let scrub: Vec<String> = c.scrub.iter().map(|s| text(s)).collect();
+            Ok(json!({
+                "pid": pid,
+                "kind": c.kind,
+                "values": values,
+                "version": c.version,
+                "expires_at_ms": c.expires_at_ms,
+                "scrub": scrub,
+                "redaction_hints": c.redaction_hints,
+            }))
+        }
+        Command::Config => {
+            let config = vault
+                .get_config(GetConfigRequest {})
+                .await
+                .map_err(Failure::Status)?
+                .into_inner();
+            let mut value =
+                serde_json::to_value(&config).map_err(|e| Failure::Local(e.to_string()))?;
+            if let Value::Object(map) = &mut value {
+                map.insert("pid".into(), json!(pid));
+            }
+            Ok(value)
+        }
+        Command::SubmitAudit(record) => {
+            let response = vault
+                .submit_audit(record)
+                .await
+                .map_err(Failure::Status)?
+                .into_inner();
+            Ok(json!({"pid": pid, "id": response.id}))
+        }
+    }
+}
+
+fn exit_for(code: Code) -> u8 {
+    match code {
+        Code::PermissionDenied => 3,
+        Code::InvalidArgument
+        | Code::NotFound
+        | Code::AlreadyExists
+        | Code::FailedPrecondition
+        | Code::OutOfRange
+        | Code::ResourceExhausted
+        | Code::Unauthenticated => 4,
+        _ => 1,
+    }
+}
+
+fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let result = parse(argv).and_then(|(socket, command)| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Failure::Local(format!("cannot start a runtime: {e}")))?
+            .block_on(run(socket, command))
+    });
+    let pid = std::process::id();
+    let (out, exit) = match result {
+        Ok(value) => (value, 0),
+        Err(Failure::Usage(message)) => {
+            eprintln!("vault-probe: {message}");
+            return ExitCode::from(2);
+        }
+        Err(Failure::Unreachable(message)) => (
+            json!({"code": "Unreachable", "message": message, "vault_code": "", "pid": pid}),
+            1,
+        ),
+        Err(Failure::Local(message)) => (
+            json!({"code": "Local", "message": message, "vault_code": "", "pid": pid}),
+            1,
+        ),
+        Err(Failure::Status(status)) => {
+            let vault_code = status
+                .metadata()
+                .get(mcplexer_proto::ERROR_CODE_KEY)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            (
+                json!({
+                    "code": format!("{:?}", status.code()),
+                    "message": status.message(),
+                    "vault_code": vault_code,
+                    "pid": pid,
+                }),
+                exit_for(status.code()),
+            )
+        }
+    };
+    println!("{out}");
+    ExitCode::from(exit)
+}
