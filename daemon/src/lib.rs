@@ -168,6 +168,7 @@ fn prepare_state_dir(dir: &Path, uid: u32) -> Result<(), StartError> {
         ("vault.db", "database"),
         ("vault.db-wal", "database"),
         ("vault.db-shm", "database"),
+        ("audit.journal", "audit journal"),
     ] {
         sys::check_private(&dir.join(name), what, uid).map_err(StartError)?;
     }
@@ -265,12 +266,14 @@ pub async fn run(cli: Cli) -> Result<(), StartError> {
         apply_config(&store, path, uid).await?;
     }
 
+    let journal = store::AuditJournal::open(store.clone(), &settings.state_dir).await?;
     let listener = server::bind(&settings.socket, settings.client_gid)
         .await
         .map_err(StartError)?;
     let retention_days = cli.audit_retention_days;
     let shared = Arc::new(Shared {
         store: store.clone(),
+        journal: journal.clone(),
         authz: Authorizer::new(
             uid,
             settings.user_mode,
@@ -294,9 +297,13 @@ pub async fn run(cli: Cli) -> Result<(), StartError> {
         "vault ready"
     );
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
-    server::serve(listener, settings.socket, shared, shutdown_signal())
-        .await
-        .map_err(StartError)
+    let served = server::serve(listener, settings.socket, shared, shutdown_signal()).await;
+    // Not required for safety (the next start ingests the journal), but a
+    // clean stop leaves the audit table complete.
+    if let Err(err) = journal.flush().await {
+        tracing::error!(error = %err, "cannot ingest the audit journal at shutdown");
+    }
+    served.map_err(StartError)
 }
 
 /// Deletes audit records past retention, now and every hour.

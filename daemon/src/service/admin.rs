@@ -198,6 +198,7 @@ impl Admin for AdminService {
         let caller = self.0.authorize(&request, "Admin/Status").await?;
         let state = self.visible(&caller);
         let audit_records = if caller.is_admin() {
+            self.0.journal.flush().await?;
             self.0.store.count_audit().await?
         } else {
             0
@@ -522,6 +523,7 @@ impl Admin for AdminService {
     async fn query_audit(&self, request: Request<pb::AuditQuery>) -> Reply<pb::AuditQueryResponse> {
         let caller = self.0.authorize(&request, "Admin/QueryAudit").await?;
         let filter = audit_filter(&caller, request.into_inner());
+        self.0.journal.flush().await?;
         ok(pb::AuditQueryResponse {
             records: self.0.store.query_audit(filter).await?,
         })
@@ -539,6 +541,7 @@ impl Admin for AdminService {
         let store = self.0.store.clone();
         // Subscribe before the first query so nothing falls between them.
         let mut feed = store.audit_feed();
+        self.0.journal.flush().await?;
         let backlog = store.query_audit(filter.clone()).await?;
         let (tx, rx) = tokio::sync::mpsc::channel(256);
         tokio::spawn(async move {

@@ -18,7 +18,7 @@ use tonic::Request;
 use crate::authz::{Authorizer, Caller, PeerInfo};
 use crate::clock::now_ms;
 use crate::error::{Result, VaultError};
-use crate::store::Store;
+use crate::store::{AuditJournal, Store};
 use crate::vault::IdentityOrigin;
 
 pub use admin::AdminService;
@@ -42,6 +42,8 @@ pub struct DaemonInfo {
 pub struct Shared {
     /// The store.
     pub store: Store,
+    /// The journal that audits releases before their values leave.
+    pub journal: AuditJournal,
     /// The authorizer.
     pub authz: Authorizer,
     /// Daemon facts.

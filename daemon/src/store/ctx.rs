@@ -178,6 +178,31 @@ impl<'a> WriteCtx<'a> {
         Ok(id)
     }
 
+    /// The sequence number of the last journal record ingested (0 if none).
+    pub fn journal_seq(&self) -> Result<u64> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'journal_seq'",
+                [],
+                |r| r.get::<_, String>(0),
+            )
+            .optional()?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0))
+    }
+
+    /// Records that journal records up to `seq` are ingested.
+    pub fn set_journal_seq(&self, seq: u64) -> Result<()> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO meta (key, value) VALUES ('journal_seq', ?1)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            )?
+            .execute(params![seq.to_string()])?;
+        Ok(())
+    }
+
     /// Deletes audit records older than `before_ms`; how many.
     pub fn prune_audit(&self, before_ms: i64) -> Result<usize> {
         Ok(self

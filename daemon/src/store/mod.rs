@@ -16,6 +16,7 @@
 
 mod audit;
 mod ctx;
+mod journal;
 mod schema;
 
 use std::path::{Path, PathBuf};
@@ -32,6 +33,7 @@ use crate::vault::Keyring;
 pub use audit::AuditFilter;
 pub use ctx::WriteCtx;
 pub(crate) use ctx::read_scope_ciphertext;
+pub use journal::AuditJournal;
 
 /// How many queued jobs one transaction takes at most.
 const MAX_BATCH: usize = 512;

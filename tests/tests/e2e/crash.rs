@@ -259,3 +259,69 @@ async fn kill9_during_secret_sets_loses_no_acknowledged_value() {
     assert_eq!(scope["version"], version);
     stop_and_check_integrity(&mut vault);
 }
+
+/// Releases are audited in the journal before their values leave: after
+/// `kill -9` in the middle of 1,000 concurrent releases, every release that
+/// returned values has its audit record once the vault is back, even those
+/// not yet moved into the audit table when it died.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_during_releases_loses_no_audit_record_of_a_release() {
+    let mut vault = Vault::start();
+    let setup = "auth_scopes:\n  - {id: relscope, name: Rel, type: env}\n\
+                 downstream_servers:\n  - {id: tools, name: Tools, transport: stdio, command: /bin/true}\n";
+    let path = vault.write_file("release.yaml", setup);
+    vault.ctl(["apply", "-f", &path.display().to_string()]).ok();
+    vault
+        .ctl_input(["secret", "set", "relscope", "TOKEN"], b"released-value\n")
+        .ok();
+    let acked = write_and_kill(&mut vault, |channel, i| async move {
+        let request = pb::CredentialRequest {
+            auth_scope_id: "relscope".into(),
+            downstream_server_id: "tools".into(),
+            transport: "stdio".into(),
+            tool: format!("tools__call_{i:04}"),
+            route_rule_id: String::new(),
+        };
+        let credential = mcplexer_proto::vault_client(channel)
+            .get_credential(request)
+            .await?
+            .into_inner();
+        assert_eq!(credential.values.len(), 1);
+        Ok(0)
+    })
+    .await;
+
+    vault.restart();
+    eprintln!(
+        "journal recovered at restart: {}",
+        vault
+            .log()
+            .contains("ingested the audit journal left by the last run")
+    );
+    let records = vault
+        .ctl(["--json", "audit", "--kind", "release", "--limit", "5000"])
+        .json();
+    let mut audited = BTreeMap::<usize, usize>::new();
+    for r in records.as_array().unwrap() {
+        assert_eq!(r["auth_scope_id"], "relscope", "{r:#}");
+        assert_eq!(r["status"], "success", "{r:#}");
+        let i: usize = r["tool"]
+            .as_str()
+            .unwrap()
+            .strip_prefix("tools__call_")
+            .unwrap()
+            .parse()
+            .unwrap();
+        *audited.entry(i).or_default() += 1;
+    }
+    let unaudited: Vec<&usize> = acked.keys().filter(|i| !audited.contains_key(i)).collect();
+    assert!(
+        unaudited.is_empty(),
+        "released without an audit record: {unaudited:?}"
+    );
+    assert!(
+        audited.values().all(|&n| n == 1),
+        "a release was recorded twice after recovery"
+    );
+    stop_and_check_integrity(&mut vault);
+}
