@@ -248,10 +248,7 @@ impl Authorizer {
         }
         let uid = caller.uid();
         let owned = |o: &Option<OwnerSpec>| o.as_ref().and_then(OwnerSpec::uid);
-        let mut out = ConfigState {
-            workspaces: Default::default(),
-            ..Default::default()
-        };
+        let mut out = ConfigState::default();
         for (id, s) in &config.scopes {
             if owned(&s.spec.owner) == Some(uid) || self.may_use_scope(caller, snap, id) {
                 out.scopes.insert(id.clone(), s.clone());

@@ -29,11 +29,16 @@ pub trait Object: Normalize + Serialize + Clone + PartialEq + Send + 'static {
     fn owner(&self) -> Option<&OwnerSpec>;
     /// Its list in a document.
     fn list(doc: &Document) -> &Vec<Self>;
+    /// The auth scope it routes credentials from (route rules only).
+    fn routed_scope(&self) -> Option<&str> {
+        None
+    }
 }
 
 macro_rules! object {
-    ($ty:ty, $field:ident, $doc:ident) => {
+    ($ty:ty, $field:ident, $doc:ident $(, $routed:item)?) => {
         impl Object for $ty {
+            $($routed)?
             fn map(state: &ConfigState) -> &BTreeMap<String, Obj<Self>> {
                 &state.$field
             }
@@ -54,7 +59,14 @@ object!(ScopeSpec, scopes, auth_scopes);
 object!(ProviderSpec, providers, oauth_providers);
 object!(ServerSpec, servers, downstream_servers);
 object!(WorkspaceSpec, workspaces, workspaces);
-object!(RouteSpec, routes, route_rules);
+object!(
+    RouteSpec,
+    routes,
+    route_rules,
+    fn routed_scope(&self) -> Option<&str> {
+        Some(self.auth_scope_id.as_str()).filter(|s| !s.is_empty())
+    }
+);
 
 fn problems_to_error(problems: Vec<String>) -> Result<()> {
     if problems.is_empty() {

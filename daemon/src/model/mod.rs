@@ -455,31 +455,6 @@ impl ConfigState {
         }
     }
 
-    /// The owner of object `kind`/`id`, if it exists: `Some(owner)`.
-    pub fn owner_of(&self, kind: Kind, id: &str) -> Option<Option<u32>> {
-        fn owner(o: &Option<OwnerSpec>) -> Option<u32> {
-            o.as_ref().and_then(OwnerSpec::uid)
-        }
-        match kind {
-            Kind::Scope => self.scopes.get(id).map(|o| owner(&o.spec.owner)),
-            Kind::Provider => self.providers.get(id).map(|o| owner(&o.spec.owner)),
-            Kind::Server => self.servers.get(id).map(|o| owner(&o.spec.owner)),
-            Kind::Workspace => self.workspaces.get(id).map(|o| owner(&o.spec.owner)),
-            Kind::Route => self.routes.get(id).map(|o| owner(&o.spec.owner)),
-        }
-    }
-
-    /// Source of object `kind`/`id`, if it exists.
-    pub fn source_of(&self, kind: Kind, id: &str) -> Option<(Source, Option<u32>)> {
-        match kind {
-            Kind::Scope => self.scopes.get(id).map(|o| (o.source, o.applied_by)),
-            Kind::Provider => self.providers.get(id).map(|o| (o.source, o.applied_by)),
-            Kind::Server => self.servers.get(id).map(|o| (o.source, o.applied_by)),
-            Kind::Workspace => self.workspaces.get(id).map(|o| (o.source, o.applied_by)),
-            Kind::Route => self.routes.get(id).map(|o| (o.source, o.applied_by)),
-        }
-    }
-
     /// Removes object `kind`/`id` (and a scope's secret metadata).
     pub fn remove(&mut self, kind: Kind, id: &str) -> bool {
         match kind {

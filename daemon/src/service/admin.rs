@@ -94,30 +94,21 @@ impl AdminService {
         }
         let snap = self.0.store.snapshot();
         for spec in specs {
-            let Some(route) = (spec as &dyn std::any::Any).downcast_ref::<RouteSpec>() else {
+            let Some(scope_id) = spec.routed_scope() else {
                 continue;
             };
-            if route.auth_scope_id.is_empty() {
-                continue;
-            }
             let owned = snap
                 .config
                 .scopes
-                .get(&route.auth_scope_id)
+                .get(scope_id)
                 .and_then(|s| s.spec.owner.as_ref())
                 .and_then(model::OwnerSpec::uid)
                 == Some(caller.uid());
-            if !owned
-                && !self
-                    .0
-                    .authz
-                    .may_use_scope(caller, &snap, &route.auth_scope_id)
-            {
+            if !owned && !self.0.authz.may_use_scope(caller, &snap, scope_id) {
                 return Err(VaultError::denied(format!(
-                    "route_rule {}: uid {} may route only auth scopes it owns or is granted, and auth_scope {} is neither",
-                    route.id,
+                    "route_rule {}: uid {} may route only auth scopes it owns or is granted, and auth_scope {scope_id} is neither",
+                    spec.id(),
                     caller.uid(),
-                    route.auth_scope_id
                 )));
             }
         }

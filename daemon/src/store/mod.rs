@@ -19,7 +19,7 @@ mod ctx;
 mod journal;
 mod schema;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use mcplexer_proto::v1 as pb;
@@ -78,16 +78,15 @@ pub struct Store {
     snapshot: watch::Receiver<Arc<Snapshot>>,
     audit_tx: broadcast::Sender<pb::AuditRecord>,
     keyring: Arc<std::sync::RwLock<Arc<Keyring>>>,
-    path: PathBuf,
 }
 
 impl Store {
     /// Opens (creating and migrating) the database at `path`, checks that
     /// `keyring` is the identity it is encrypted to, and starts the writer.
     ///
-    /// `pending_identity` is the path of an identity written by a rotation
-    /// that may have committed before its file was renamed into place; if
-    /// the database names its recipient, it is adopted and `Ok(Some(path))`
+    /// `pending` is the identity written by a rotation that may have
+    /// committed before its file was renamed into place; if the database is
+    /// encrypted to it, it is adopted and the returned flag is `true`, which
     /// tells the caller to finish the rename.
     pub fn open(path: &Path, keyring: Keyring, pending: Option<Keyring>) -> Result<(Self, bool)> {
         let mut conn = Connection::open(path)?;
@@ -127,7 +126,6 @@ impl Store {
                 snapshot: snap_rx,
                 audit_tx,
                 keyring,
-                path: path.to_owned(),
             },
             adopted,
         ))
@@ -207,11 +205,6 @@ impl Store {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
-    }
-
-    /// The database file.
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     /// Queries the audit log.

@@ -411,3 +411,37 @@ fn config_shows_usable_scopes_only_and_submitted_audit_is_stamped_by_the_vault()
         "{message}"
     );
 }
+
+/// A user may route only scopes it owns or is granted; a scope it may not
+/// use gets the same refusal whether or not it exists.
+#[test]
+fn users_route_only_scopes_they_may_use() {
+    let vault = setup();
+    let route = |(uid, gid): (u32, u32), id: &str, scope: &str| {
+        let args = [
+            "route", "create", "--name", id, "--match", "tools__*", "--server", "tools", "--scope",
+            scope,
+        ];
+        vault.ctl_as(uid, gid, args, None)
+    };
+    route(U1, "u1-granted", "s1").ok();
+    route(U1, "u1-own", "s3").ok();
+    for (who, scope) in [(U2, "s1"), (U2, "s3"), (U1, "s2"), (U2, "no-such-scope")] {
+        let run = route(who, "refused", scope);
+        assert_eq!(run.code, 3, "{scope}: {run:#?}");
+        assert!(
+            run.stderr.contains(&format!(
+                "may route only auth scopes it owns or is granted, and auth_scope {scope} is neither"
+            )),
+            "{run:#?}"
+        );
+    }
+    let routes = vault.ctl(["--json", "route", "list"]).json();
+    let ids: Vec<&str> = routes
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["u1-granted", "u1-own"]);
+}
