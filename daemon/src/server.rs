@@ -85,9 +85,22 @@ impl AsyncWrite for PeerStream {
 /// Binds the socket at `path`: removes a stale socket (one nobody listens
 /// on), refuses if another vault is listening, then sets group and mode.
 pub async fn bind(path: &Path, gid: Option<u32>) -> Result<UnixListener, String> {
-    if let Some(dir) = path.parent() {
+    if let Some(dir) = path.parent()
+        && !dir.exists()
+    {
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create the socket directory {}: {e}", dir.display()))?;
+        if gid.is_some() {
+            // The daemon's umask made it private; members of the client group
+            // must be able to reach the socket inside (which is 0660).
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).map_err(|e| {
+                format!(
+                    "cannot open the socket directory {} to clients: {e}",
+                    dir.display()
+                )
+            })?;
+        }
     }
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         use std::os::unix::fs::FileTypeExt;
