@@ -6,10 +6,13 @@
 //! `ssh-agent -D` holding one ed25519 key. For 1, 8 and 64 concurrent
 //! clients, each client is one connection driven by one tokio task doing
 //! sequential requests: `Vault/GetCredential` (a real release, audited by the
-//! daemon) or SSH agent message 11 → 12. After a warm-up, every latency of a
-//! fixed-duration window is kept; the report gives p50, p99, requests per
-//! second, the CPU each side spent per request, the vault/ssh-agent ratios,
-//! and the daemon's peak RSS (VmHWM).
+//! daemon) or SSH agent message 11 → 12; as a control, `Vault/GetConfig` on
+//! the same socket and stack, which neither releases nor audits. After a
+//! warm-up, every latency of a fixed-duration window is kept; the report
+//! gives p50, p99, requests per second, the CPU and context switches each
+//! side spent per request (by daemon thread), the vault/ssh-agent ratios,
+//! the daemon's peak RSS (VmHWM), and how much CPU other processes took
+//! meanwhile (a run on a busy machine says so).
 //!
 //! Run: `cargo build --release --workspace && cargo bench -p mcplexer-tests --bench release`.
 //! Environment: `BENCH_OUT=FILE` also writes the report there;
