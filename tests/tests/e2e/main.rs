@@ -6,7 +6,9 @@
 mod bad_input;
 mod crash;
 mod peers;
+mod peers_smoke;
 mod probe;
+mod proxy;
 mod release;
 mod secrets;
 mod seed;

@@ -1,0 +1,39 @@
+//! Command-line flags of mcplexer-proxy.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// The MCPlexer MCP gateway: aggregates downstream MCP servers, routes each
+/// tool call by route rules and injects the credential the vault releases
+/// for it.
+#[derive(Debug, Parser)]
+#[command(name = "mcplexer-proxy", version, about)]
+pub struct Cli {
+    /// The vault's socket [default: $MCPLEXER_VAULT_SOCKET, else the user
+    /// vault's socket if present, else /run/mcplexer/vault.sock].
+    #[arg(long, global = true, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve one MCP client on stdin/stdout.
+    Stdio {
+        /// The directory that picks the workspace [default: the current one].
+        #[arg(long, value_name = "DIR")]
+        cwd: Option<PathBuf>,
+    },
+    /// Explain which rule, server and scope a call of TOOL would use, and why.
+    DryRun {
+        /// The exposed tool name, `<namespace>__<tool>`.
+        tool: String,
+        /// The directory that picks the workspace [default: the current one].
+        #[arg(long, value_name = "DIR")]
+        cwd: Option<PathBuf>,
+    },
+}

@@ -1,0 +1,336 @@
+//! A downstream MCP server over stdio: one child process per (server, auth
+//! scope), spawned without a shell from a cleared environment plus an
+//! allowlist, the server's declared env and the scope's values; initialised
+//! once, then shared by every call routed to it.
+//!
+//! Trust: the child is as trusted as its configured command. It sees only
+//! the variables given here; its stdout is parsed as MCP, its stderr goes to
+//! ours.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use mcplexer_proto::v1 as pb;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin};
+use tokio::sync::{Mutex, mpsc, oneshot};
+
+use crate::vault::Released;
+
+/// Variables of the proxy's own environment a child inherits; nothing else
+/// does.
+pub const ENV_ALLOWLIST: &[&str] = &[
+    "PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ", "TMPDIR",
+];
+
+/// The longest line a child may write (16 MiB); a longer one ends it.
+const MAX_LINE: usize = 16 << 20;
+
+/// The protocol version the proxy speaks to downstreams.
+pub const DOWNSTREAM_PROTOCOL: &str = "2025-11-25";
+
+/// Pages of `tools/list` read from one downstream at most.
+const MAX_PAGES: usize = 64;
+
+/// What a downstream tells the gateway on its own.
+#[derive(Debug)]
+pub enum Event {
+    /// It sent `notifications/tools/list_changed`.
+    ToolsChanged {
+        /// The server.
+        server_id: String,
+    },
+}
+
+/// Why a request to a downstream failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DownstreamError {
+    /// It could not be started or initialised.
+    #[error("downstream {server} could not be started: {reason}")]
+    Start {
+        /// The server.
+        server: String,
+        /// Why.
+        reason: String,
+    },
+    /// It exited (or closed stdout) before answering.
+    #[error("downstream {server} exited before answering")]
+    Exited {
+        /// The server.
+        server: String,
+    },
+    /// It did not answer within the call timeout.
+    #[error("downstream {server} did not answer within {secs} s")]
+    Timeout {
+        /// The server.
+        server: String,
+        /// The timeout.
+        secs: u64,
+    },
+}
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Value>>>>;
+
+/// A running stdio downstream.
+pub struct Downstream {
+    /// Its server id.
+    pub server_id: String,
+    /// The credential version it was started with (0: no credential).
+    pub version: u64,
+    stdin: Mutex<ChildStdin>,
+    child: Mutex<Child>,
+    pending: Pending,
+    next_id: AtomicU64,
+    alive: Arc<AtomicBool>,
+    /// Its tools as last listed (original names).
+    pub tools: Mutex<Option<Vec<Value>>>,
+}
+
+impl Downstream {
+    /// Spawns and initialises the server with `credential` injected.
+    pub async fn start(
+        server: &pb::DownstreamServer,
+        credential: Option<&Released>,
+        events: mpsc::UnboundedSender<Event>,
+    ) -> Result<Arc<Self>, DownstreamError> {
+        let start_err = |reason: String| DownstreamError::Start {
+            server: server.id.clone(),
+            reason,
+        };
+        let mut cmd = tokio::process::Command::new(&server.command);
+        cmd.args(&server.args).env_clear();
+        for name in ENV_ALLOWLIST {
+            if let Some(value) = std::env::var_os(name) {
+                cmd.env(name, value);
+            }
+        }
+        cmd.envs(&server.env);
+        if let Some(released) = credential {
+            for (name, value) in &released.values {
+                // Command keeps its own copy of each variable until it is
+                // dropped below, and the child's environment holds one for
+                // its lifetime: neither is ours to wipe. Both live only in
+                // this process and the child the value is meant for.
+                cmd.env(name, OsStr::from_bytes(value));
+            }
+        }
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| start_err(format!("cannot run {:?}: {e}", server.command)))?;
+        drop(cmd);
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            return Err(start_err("no stdio pipes".into()));
+        };
+        let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
+        let alive = Arc::new(AtomicBool::new(true));
+        let this = Arc::new(Self {
+            server_id: server.id.clone(),
+            version: credential.map_or(0, |c| c.version),
+            stdin: Mutex::new(stdin),
+            child: Mutex::new(child),
+            pending: pending.clone(),
+            next_id: AtomicU64::new(1),
+            alive: alive.clone(),
+            tools: Mutex::new(None),
+        });
+        tokio::spawn(read_loop(
+            server.id.clone(),
+            BufReader::new(stdout),
+            pending,
+            alive,
+            Arc::downgrade(&this),
+            events,
+        ));
+        let init = json!({
+            "protocolVersion": DOWNSTREAM_PROTOCOL,
+            "capabilities": {},
+            "clientInfo": {"name": "mcplexer-proxy", "version": env!("CARGO_PKG_VERSION")},
+        });
+        let timeout = Duration::from_secs(u64::from(server.call_timeout_sec.max(1)));
+        match this.request("initialize", init, timeout).await? {
+            Ok(_) => {}
+            Err(error) => return Err(start_err(format!("initialize failed: {error}"))),
+        }
+        this.notify("notifications/initialized", json!({})).await;
+        Ok(this)
+    }
+
+    /// Whether the process is still running and readable.
+    pub fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::SeqCst)
+    }
+
+    async fn write(&self, message: &Value) -> bool {
+        let mut line = message.to_string();
+        line.push('\n');
+        let mut stdin = self.stdin.lock().await;
+        stdin.write_all(line.as_bytes()).await.is_ok() && stdin.flush().await.is_ok()
+    }
+
+    /// Sends a notification.
+    pub async fn notify(&self, method: &str, params: Value) {
+        self.write(&json!({"jsonrpc": "2.0", "method": method, "params": params}))
+            .await;
+    }
+
+    /// Sends a request; `Ok(Ok(result))`, `Ok(Err(error object))` for a
+    /// JSON-RPC error, `Err` when no answer came.
+    pub async fn request(
+        &self,
+        method: &str,
+        params: Value,
+        timeout: Duration,
+    ) -> Result<Result<Value, Value>, DownstreamError> {
+        let id = self.next_id.fetch_add(1, Ordering::SeqCst);
+        let (tx, rx) = oneshot::channel();
+        self.pending.lock().await.insert(id, tx);
+        let message = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+        let exited = || DownstreamError::Exited {
+            server: self.server_id.clone(),
+        };
+        if !self.is_alive() || !self.write(&message).await {
+            self.pending.lock().await.remove(&id);
+            return Err(exited());
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(mut response)) => Ok(match response.get_mut("error") {
+                Some(error) => Err(error.take()),
+                None => Ok(response
+                    .get_mut("result")
+                    .map(Value::take)
+                    .unwrap_or(Value::Null)),
+            }),
+            Ok(Err(_)) => Err(exited()),
+            Err(_) => {
+                self.pending.lock().await.remove(&id);
+                self.notify(
+                    "notifications/cancelled",
+                    json!({"requestId": id, "reason": "timed out in mcplexer-proxy"}),
+                )
+                .await;
+                Err(DownstreamError::Timeout {
+                    server: self.server_id.clone(),
+                    secs: timeout.as_secs(),
+                })
+            }
+        }
+    }
+
+    /// Lists every tool (all pages) and caches the list.
+    pub async fn list_tools(&self, timeout: Duration) -> Result<Vec<Value>, DownstreamError> {
+        let mut tools = Vec::new();
+        let mut cursor: Option<Value> = None;
+        for _ in 0..MAX_PAGES {
+            let params = match &cursor {
+                Some(c) => json!({"cursor": c}),
+                None => json!({}),
+            };
+            let result = match self.request("tools/list", params, timeout).await? {
+                Ok(result) => result,
+                Err(error) => {
+                    tracing::warn!(server = %self.server_id, %error, "tools/list failed");
+                    break;
+                }
+            };
+            if let Some(list) = result.get("tools").and_then(Value::as_array) {
+                tools.extend(list.iter().cloned());
+            }
+            cursor = result.get("nextCursor").filter(|c| !c.is_null()).cloned();
+            if cursor.is_none() {
+                break;
+            }
+        }
+        *self.tools.lock().await = Some(tools.clone());
+        Ok(tools)
+    }
+
+    /// Stops the child: closes stdin, then kills it if it lingers.
+    pub async fn stop(&self) {
+        self.alive.store(false, Ordering::SeqCst);
+        let _ = self.stdin.lock().await.shutdown().await;
+        let mut child = self.child.lock().await;
+        if tokio::time::timeout(Duration::from_secs(2), child.wait())
+            .await
+            .is_err()
+        {
+            let _ = child.kill().await;
+        }
+    }
+}
+
+async fn read_loop(
+    server_id: String,
+    mut stdout: BufReader<tokio::process::ChildStdout>,
+    pending: Pending,
+    alive: Arc<AtomicBool>,
+    this: std::sync::Weak<Downstream>,
+    events: mpsc::UnboundedSender<Event>,
+) {
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match (&mut stdout)
+            .take(MAX_LINE as u64 + 1)
+            .read_until(b'\n', &mut line)
+            .await
+        {
+            Ok(0) | Err(_) => break,
+            Ok(_) if line.len() > MAX_LINE => {
+                tracing::warn!(server = %server_id, "downstream wrote an over-long line; stopping it");
+                break;
+            }
+            Ok(_) => {}
+        }
+        let Ok(message) = serde_json::from_slice::<Value>(&line) else {
+            tracing::warn!(server = %server_id, "downstream wrote a line that is not JSON; ignored");
+            continue;
+        };
+        let method = message.get("method").and_then(Value::as_str);
+        let id = message.get("id");
+        match (method, id) {
+            (None, Some(id)) => {
+                // A response; ids are ours (u64). A late or unknown one is
+                // dropped.
+                let waiter = match id.as_u64() {
+                    Some(id) => pending.lock().await.remove(&id),
+                    None => None,
+                };
+                if let Some(tx) = waiter {
+                    let _ = tx.send(message);
+                }
+            }
+            (Some(method), Some(id)) => {
+                // A request from the server. Only ping is served: the proxy
+                // declares no client capabilities to downstreams.
+                let reply = if method == "ping" {
+                    json!({"jsonrpc": "2.0", "id": id, "result": {}})
+                } else {
+                    json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32601, "message": format!("{method} is not supported by mcplexer-proxy")}})
+                };
+                if let Some(this) = this.upgrade() {
+                    this.write(&reply).await;
+                }
+            }
+            (Some("notifications/tools/list_changed"), None) => {
+                let _ = events.send(Event::ToolsChanged {
+                    server_id: server_id.clone(),
+                });
+            }
+            _ => {}
+        }
+    }
+    alive.store(false, Ordering::SeqCst);
+    // Fail every waiting call now rather than at its timeout.
+    pending.lock().await.clear();
+    tracing::info!(server = %server_id, "downstream stopped");
+}

@@ -1,0 +1,559 @@
+//! The gateway core: the client's JSON-RPC messages in, routed calls out.
+//! `initialize`, `ping`, `tools/list` (aggregated, `<namespace>__<tool>`,
+//! only callable tools) and `tools/call` (routed, credential fetched from the
+//! vault per call, injected, audited with redaction) are served here; the
+//! transport (stdio) only moves lines.
+//!
+//! Trust: the client is untrusted. What it may reach is decided by the route
+//! rules and, for credentials, by the vault from our uid.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mcplexer_proto::v1 as pb;
+use serde_json::{Value, json};
+use tokio::sync::{Mutex, mpsc};
+
+use crate::downstream::{Downstream, DownstreamError, Event};
+use crate::redact::{redact, scrub_text};
+use crate::router::{Decision, split_tool};
+use crate::vault::{Released, Routing, VaultError, VaultLink};
+
+/// Protocol versions the proxy speaks to clients, newest first.
+pub const SUPPORTED_VERSIONS: &[&str] = &["2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05"];
+
+/// Tools per `tools/list` page served to the client.
+const PAGE: usize = 100;
+
+/// JSON-RPC error codes.
+const INVALID_REQUEST: i64 = -32600;
+const METHOD_NOT_FOUND: i64 = -32601;
+const INVALID_PARAMS: i64 = -32602;
+const INTERNAL_ERROR: i64 = -32603;
+
+/// One child per (server id, scope id).
+type ChildKey = (String, Option<String>);
+
+/// The gateway of one client session.
+pub struct Gateway {
+    vault: Arc<VaultLink>,
+    /// The client's working directory: picks the workspace.
+    cwd: PathBuf,
+    children: Mutex<HashMap<ChildKey, Arc<Downstream>>>,
+    /// Serialises starts, so concurrent calls share one child.
+    starting: Mutex<()>,
+    out: mpsc::UnboundedSender<Value>,
+    events: mpsc::UnboundedSender<Event>,
+    /// Redacted audit records, sent to the vault in order by one task that
+    /// [`Gateway::shutdown`] waits for, so none is lost at exit.
+    audit_tx: std::sync::Mutex<Option<mpsc::UnboundedSender<pb::AuditRecord>>>,
+    audit_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// An error answered to the client.
+struct CallError {
+    code: i64,
+    message: String,
+    data: Option<Value>,
+    /// A policy refusal (route rule, no rule, or the vault's refusal), as
+    /// opposed to a failure: audited as `denied`.
+    denied: bool,
+}
+
+impl CallError {
+    fn new(code: i64, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            data: None,
+            denied: false,
+        }
+    }
+
+    fn denied(message: impl Into<String>) -> Self {
+        Self {
+            denied: true,
+            ..Self::new(INVALID_PARAMS, message)
+        }
+    }
+}
+
+impl From<VaultError> for CallError {
+    fn from(err: VaultError) -> Self {
+        let (data, denied) = match &err {
+            VaultError::Refused {
+                code, vault_code, ..
+            } => (
+                json!({"vault_code": vault_code, "grpc_code": code}),
+                matches!(
+                    vault_code.as_str(),
+                    "PERMISSION_DENIED" | "TRANSPORT_MISMATCH"
+                ),
+            ),
+            VaultError::Unreachable { .. } => (json!({"vault_code": "UNAVAILABLE"}), false),
+        };
+        Self {
+            code: INTERNAL_ERROR,
+            message: err.to_string(),
+            data: Some(data),
+            denied,
+        }
+    }
+}
+
+impl From<DownstreamError> for CallError {
+    fn from(err: DownstreamError) -> Self {
+        let server = match &err {
+            DownstreamError::Start { server, .. }
+            | DownstreamError::Exited { server }
+            | DownstreamError::Timeout { server, .. } => server.clone(),
+        };
+        Self {
+            code: INTERNAL_ERROR,
+            message: err.to_string(),
+            data: Some(json!({"downstream": server})),
+            denied: false,
+        }
+    }
+}
+
+fn response(id: &Value, result: Result<Value, CallError>) -> Value {
+    match result {
+        Ok(result) => json!({"jsonrpc": "2.0", "id": id, "result": result}),
+        Err(e) => {
+            let mut error = json!({"code": e.code, "message": e.message});
+            if let Some(data) = e.data {
+                error["data"] = data;
+            }
+            json!({"jsonrpc": "2.0", "id": id, "error": error})
+        }
+    }
+}
+
+impl Gateway {
+    /// A gateway writing its messages for the client to `out`.
+    pub fn new(
+        vault: Arc<VaultLink>,
+        cwd: PathBuf,
+        out: mpsc::UnboundedSender<Value>,
+    ) -> Arc<Self> {
+        let (events, mut rx) = mpsc::unbounded_channel();
+        let (audit_tx, mut audit_rx) = mpsc::unbounded_channel::<pb::AuditRecord>();
+        let sender = vault.clone();
+        let audit_task = tokio::spawn(async move {
+            while let Some(record) = audit_rx.recv().await {
+                if let Err(err) = sender.audit(record).await {
+                    tracing::warn!(error = %err, "cannot send an audit record to the vault");
+                }
+            }
+        });
+        let gateway = Arc::new(Self {
+            vault,
+            cwd,
+            children: Mutex::new(HashMap::new()),
+            starting: Mutex::new(()),
+            out,
+            events,
+            audit_tx: std::sync::Mutex::new(Some(audit_tx)),
+            audit_task: Mutex::new(Some(audit_task)),
+        });
+        let weak = Arc::downgrade(&gateway);
+        tokio::spawn(async move {
+            while let Some(event) = rx.recv().await {
+                let Some(gateway) = weak.upgrade() else {
+                    return;
+                };
+                gateway.on_event(event).await;
+            }
+        });
+        let weak = Arc::downgrade(&gateway);
+        let mut routing = gateway.vault.subscribe();
+        tokio::spawn(async move {
+            while routing.changed().await.is_ok() {
+                let Some(gateway) = weak.upgrade() else {
+                    return;
+                };
+                gateway.notify_tools_changed();
+            }
+        });
+        gateway
+    }
+
+    fn notify_tools_changed(&self) {
+        let _ = self
+            .out
+            .send(json!({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"}));
+    }
+
+    async fn on_event(&self, event: Event) {
+        let Event::ToolsChanged { server_id } = event;
+        // Re-list every child of that server; tell the client only when a
+        // list really changed (servers announce changes they did not make).
+        let children: Vec<Arc<Downstream>> = self
+            .children
+            .lock()
+            .await
+            .iter()
+            .filter(|((s, _), _)| *s == server_id)
+            .map(|(_, c)| c.clone())
+            .collect();
+        let mut changed = false;
+        for child in children {
+            // A child that was never listed is being listed right now (or
+            // will be on first use): nothing the client has seen changed.
+            let Some(before) = child.tools.lock().await.clone() else {
+                continue;
+            };
+            if let Ok(after) = child.list_tools(Duration::from_secs(30)).await {
+                changed |= before != after;
+            }
+        }
+        if changed {
+            self.notify_tools_changed();
+        }
+    }
+
+    /// Handles one message from the client; returns the response, if any.
+    pub async fn handle(self: &Arc<Self>, message: Value) -> Option<Value> {
+        let id = message.get("id").cloned();
+        let method = message
+            .get("method")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let params = message.get("params").cloned().unwrap_or(Value::Null);
+        let (Some(id), Some(method)) = (id, method) else {
+            // A notification (initialized, cancelled, ...) or a stray
+            // response: nothing to answer.
+            return None;
+        };
+        if id.is_null() {
+            return Some(response(
+                &Value::Null,
+                Err(CallError::new(
+                    INVALID_REQUEST,
+                    "request id must not be null",
+                )),
+            ));
+        }
+        let result = match method.as_str() {
+            "initialize" => Ok(Self::initialize(&params)),
+            "ping" => Ok(json!({})),
+            "tools/list" => self.tools_list(&params).await,
+            "tools/call" => self.tools_call(params).await,
+            "resources/list" => Ok(json!({"resources": []})),
+            "prompts/list" => Ok(json!({"prompts": []})),
+            other => Err(CallError::new(
+                METHOD_NOT_FOUND,
+                format!("method {other} is not served by mcplexer-proxy"),
+            )),
+        };
+        Some(response(&id, result))
+    }
+
+    fn initialize(params: &Value) -> Value {
+        let asked = params
+            .get("protocolVersion")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let version = SUPPORTED_VERSIONS
+            .iter()
+            .find(|v| **v == asked)
+            .unwrap_or(&SUPPORTED_VERSIONS[0]);
+        json!({
+            "protocolVersion": version,
+            "capabilities": {"tools": {"listChanged": true}},
+            "serverInfo": {"name": "mcplexer-proxy", "version": env!("CARGO_PKG_VERSION")},
+        })
+    }
+
+    /// The scope a listing of `server`'s tools uses: that of the first allow
+    /// rule routing to it in the workspace chain; none if no rule could
+    /// route its tools (then it is not listed at all).
+    fn listing_scope(&self, routing: &Routing, server_id: &str) -> Option<Option<String>> {
+        for workspace in routing.table.workspaces(&self.cwd) {
+            let mut rules: Vec<&pb::RouteRule> = routing
+                .routes
+                .iter()
+                .filter(|r| {
+                    r.workspace_id == workspace
+                        && r.policy == "allow"
+                        && r.downstream_server_id == server_id
+                })
+                .collect();
+            rules.sort_by(|a, b| b.priority.cmp(&a.priority).then_with(|| a.id.cmp(&b.id)));
+            if let Some(rule) = rules.first() {
+                return Some(Some(rule.auth_scope_id.clone()).filter(|s| !s.is_empty()));
+            }
+        }
+        None
+    }
+
+    async fn tools_list(self: &Arc<Self>, params: &Value) -> Result<Value, CallError> {
+        let routing = self.vault.routing();
+        let mut servers: Vec<&pb::DownstreamServer> = routing.servers.values().collect();
+        servers.sort_by(|a, b| a.tool_namespace.cmp(&b.tool_namespace));
+        let mut exposed = Vec::new();
+        for server in servers {
+            if server.transport != "stdio" {
+                continue;
+            }
+            let Some(scope) = self.listing_scope(&routing, &server.id) else {
+                continue;
+            };
+            let tools = match self.tools_of(server, scope).await {
+                Ok(tools) => tools,
+                Err(err) => {
+                    // One broken downstream costs only its own tools.
+                    tracing::warn!(server = %server.id, error = %err.message, "cannot list tools");
+                    continue;
+                }
+            };
+            for mut tool in tools {
+                let Some(name) = tool.get("name").and_then(Value::as_str) else {
+                    continue;
+                };
+                let name = format!("{}__{name}", server.tool_namespace);
+                if let Decision::Allow { .. } = routing.table.decide(&self.cwd, &name, &server.id) {
+                    tool["name"] = Value::String(name);
+                    exposed.push(tool);
+                }
+            }
+        }
+        let start = match params.get("cursor").and_then(Value::as_str) {
+            None => 0,
+            Some(cursor) => cursor
+                .parse::<usize>()
+                .ok()
+                .filter(|&n| n <= exposed.len())
+                .ok_or_else(|| CallError::new(INVALID_PARAMS, "invalid cursor"))?,
+        };
+        let end = (start + PAGE).min(exposed.len());
+        let mut result = json!({"tools": exposed[start..end]});
+        if end < exposed.len() {
+            result["nextCursor"] = Value::String(end.to_string());
+        }
+        Ok(result)
+    }
+
+    async fn tools_of(
+        self: &Arc<Self>,
+        server: &pb::DownstreamServer,
+        scope: Option<String>,
+    ) -> Result<Vec<Value>, CallError> {
+        let (child, _) = self.child(server, scope, "", "").await?;
+        if let Some(tools) = child.tools.lock().await.clone() {
+            return Ok(tools);
+        }
+        Ok(child.list_tools(call_timeout(server)).await?)
+    }
+
+    /// The child for (server, scope), started or restarted as needed: a new
+    /// credential version or a dead process means a fresh child.
+    async fn child(
+        self: &Arc<Self>,
+        server: &pb::DownstreamServer,
+        scope: Option<String>,
+        tool: &str,
+        rule: &str,
+    ) -> Result<(Arc<Downstream>, Option<Released>), CallError> {
+        let credential = match &scope {
+            Some(scope_id) => Some(
+                self.vault
+                    .credential(pb::CredentialRequest {
+                        auth_scope_id: scope_id.clone(),
+                        downstream_server_id: server.id.clone(),
+                        transport: server.transport.clone(),
+                        tool: tool.to_owned(),
+                        route_rule_id: rule.to_owned(),
+                    })
+                    .await?,
+            ),
+            None => None,
+        };
+        let key = (server.id.clone(), scope.clone());
+        let version = credential.as_ref().map_or(0, |c| c.version);
+        let _one_start = self.starting.lock().await;
+        let existing = self.children.lock().await.get(&key).cloned();
+        if let Some(child) = existing {
+            if child.is_alive() && child.version == version {
+                return Ok((child, credential));
+            }
+            tracing::info!(server = %server.id, alive = child.is_alive(), "restarting downstream");
+            child.stop().await;
+        }
+        let child = Downstream::start(server, credential.as_ref(), self.events.clone()).await?;
+        self.children.lock().await.insert(key, child.clone());
+        Ok((child, credential))
+    }
+
+    async fn tools_call(self: &Arc<Self>, params: Value) -> Result<Value, CallError> {
+        let started = Instant::now();
+        let name = params
+            .get("name")
+            .and_then(Value::as_str)
+            .ok_or_else(|| CallError::new(INVALID_PARAMS, "tools/call needs a tool name"))?
+            .to_owned();
+        let routing = self.vault.routing();
+        let unknown = || CallError::new(INVALID_PARAMS, format!("Unknown tool: {name}"));
+        let (namespace, tool) = split_tool(&name).ok_or_else(unknown)?;
+        let server_id = routing
+            .by_namespace
+            .get(namespace)
+            .ok_or_else(unknown)?
+            .clone();
+        let server = routing.servers.get(&server_id).ok_or_else(unknown)?.clone();
+        let decision = routing.table.decide(&self.cwd, &name, &server_id);
+        let mut record = pb::AuditRecord {
+            tool: name.clone(),
+            downstream_server_id: server_id.clone(),
+            ..Default::default()
+        };
+        let (rule_id, scope) = match &decision {
+            Decision::Allow {
+                workspace_id,
+                rule_id,
+                scope_id,
+                ..
+            } => {
+                record.workspace_id = workspace_id.clone();
+                record.route_rule_id = rule_id.clone();
+                record.auth_scope_id = scope_id.clone().unwrap_or_default();
+                (rule_id.clone(), scope_id.clone())
+            }
+            Decision::Deny {
+                workspace_id,
+                rule_id,
+            } => {
+                record.workspace_id = workspace_id.clone();
+                record.route_rule_id = rule_id.clone();
+                let err = CallError::denied(format!(
+                    "tool {name} is denied by route rule {rule_id} in workspace {workspace_id}"
+                ));
+                self.audit(record, &params, None, Err(&err), started);
+                return Err(err);
+            }
+            Decision::NoMatch { workspaces } => {
+                record.workspace_id = workspaces.first().cloned().unwrap_or_default();
+                let err = CallError::denied(format!(
+                    "no route rule allows tool {name} (searched workspaces: {}); calls are denied unless a rule allows them",
+                    workspaces.join(", ")
+                ));
+                self.audit(record, &params, None, Err(&err), started);
+                return Err(err);
+            }
+        };
+        if server.transport != "stdio" {
+            let err = CallError::new(
+                INTERNAL_ERROR,
+                format!(
+                    "downstream {server_id} uses transport {}, which this proxy does not serve yet",
+                    server.transport
+                ),
+            );
+            self.audit(record, &params, None, Err(&err), started);
+            return Err(err);
+        }
+        let (child, credential) = match self.child(&server, scope, &name, &rule_id).await {
+            Ok(found) => found,
+            Err(err) => {
+                self.audit(record, &params, None, Err(&err), started);
+                return Err(err);
+            }
+        };
+        let mut forwarded = params.clone();
+        forwarded["name"] = Value::String(tool.to_owned());
+        let outcome = match child
+            .request("tools/call", forwarded, call_timeout(&server))
+            .await
+        {
+            Ok(Ok(result)) => Ok(result),
+            Ok(Err(error)) => Err(CallError {
+                code: error
+                    .get("code")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(INTERNAL_ERROR),
+                message: error
+                    .get("message")
+                    .and_then(Value::as_str)
+                    .unwrap_or("downstream error")
+                    .to_owned(),
+                data: error.get("data").cloned(),
+                denied: false,
+            }),
+            Err(err) => Err(CallError::from(err)),
+        };
+        self.audit(
+            record,
+            &params,
+            credential.as_ref(),
+            outcome.as_ref(),
+            started,
+        );
+        outcome
+    }
+
+    /// Sends the call's audit record, redacted with the scope's hints and
+    /// scrubbed of every released value, without delaying the answer.
+    fn audit(
+        &self,
+        mut record: pb::AuditRecord,
+        params: &Value,
+        credential: Option<&Released>,
+        outcome: Result<&Value, &CallError>,
+        started: Instant,
+    ) {
+        let hints = credential.map(|c| c.hints.clone()).unwrap_or_default();
+        let scrub = credential.map(Released::scrub).unwrap_or_default();
+        let mut arguments = params.get("arguments").cloned().unwrap_or(Value::Null);
+        redact(&mut arguments, &hints, &scrub);
+        record.params = arguments.to_string();
+        record.latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        match outcome {
+            Ok(result) => {
+                let is_error = result
+                    .get("isError")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false);
+                record.status = if is_error { "error" } else { "success" }.into();
+            }
+            Err(err) => {
+                record.status = if err.denied { "denied" } else { "error" }.into();
+                record.error = scrub_text(&err.message, &scrub);
+            }
+        }
+        let sender = self
+            .audit_tx
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(tx) = sender.as_ref() {
+            let _ = tx.send(record);
+        }
+    }
+
+    /// Stops every child and delivers the audit records still queued
+    /// (waiting at most 10 s for an unreachable vault).
+    pub async fn shutdown(&self) {
+        let children: Vec<Arc<Downstream>> =
+            self.children.lock().await.drain().map(|(_, c)| c).collect();
+        for child in children {
+            child.stop().await;
+        }
+        self.audit_tx
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(task) = self.audit_task.lock().await.take()
+            && tokio::time::timeout(Duration::from_secs(10), task)
+                .await
+                .is_err()
+        {
+            tracing::warn!("audit records could not all be delivered to the vault before exit");
+        }
+    }
+}
+
+fn call_timeout(server: &pb::DownstreamServer) -> Duration {
+    Duration::from_secs(u64::from(server.call_timeout_sec.max(1)))
+}

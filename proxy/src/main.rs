@@ -1,0 +1,54 @@
+//! mcplexer-proxy entry point: flags, logging (stderr only: stdout carries
+//! MCP), runtime; see the library.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use mcplexer_proxy::cli::{Cli, Command};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("MCPLEXER_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("mcplexer-proxy: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let socket = cli.socket.unwrap_or_else(mcplexer_proto::default_socket);
+    let result = runtime.block_on(async move {
+        let vault = mcplexer_proxy::vault::VaultLink::new(&socket);
+        match cli.command {
+            Command::Stdio { cwd } => {
+                let cwd = mcplexer_proxy::resolve_cwd(cwd)?;
+                mcplexer_proxy::stdio::run(vault, cwd)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            Command::DryRun { tool, cwd } => {
+                let cwd = mcplexer_proxy::resolve_cwd(cwd)?;
+                mcplexer_proxy::dry_run(&vault, &tool, &cwd)
+                    .await
+                    .map(|line| println!("{line}"))
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("mcplexer-proxy: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}

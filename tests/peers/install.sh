@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Installs the real MCP peers the end-to-end tests drive, at the versions
+# pinned here: the npm packages of package-lock.json into node_modules/, and
+# the Python packages of requirements.txt into .venv/. Idempotent and fast on
+# a re-run: each half is skipped while a stamp of its inputs (pins, tool
+# versions) matches. Run from anywhere; needs node + npm and python3 >= 3.10.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")"
+
+stamp_of() {
+    # The inputs' hash plus the versions of the tools that install them.
+    { cat "$@"; printf '\n%s\n' "$STAMP_TOOLS"; } | sha256sum | cut -d' ' -f1
+}
+
+# --- npm peers ---------------------------------------------------------------
+STAMP_TOOLS="node $(node --version) npm $(npm --version)"
+npm_stamp=$(stamp_of package.json package-lock.json)
+npm_stamp_file=node_modules/.mcplexer-peers-stamp
+entry=node_modules/@modelcontextprotocol/server-everything/dist/index.js
+if [ -f "$entry" ] && [ "$(cat "$npm_stamp_file" 2>/dev/null)" = "$npm_stamp" ]; then
+    echo "peers: node_modules up to date"
+else
+    echo "peers: npm ci"
+    npm ci --no-audit --no-fund
+    test -f "$entry" || { echo "peers: $entry missing after npm ci" >&2; exit 1; }
+    echo "$npm_stamp" >"$npm_stamp_file"
+fi
+
+# --- Python peers ------------------------------------------------------------
+python3 -c 'import sys; sys.exit(sys.version_info < (3, 10))' \
+    || { echo "peers: python3 >= 3.10 is needed (mcp 2.x)" >&2; exit 1; }
+STAMP_TOOLS="$(python3 --version 2>&1)"
+venv_stamp=$(stamp_of requirements.txt)
+venv_stamp_file=.venv/.mcplexer-peers-stamp
+if [ -x .venv/bin/python ] && [ "$(cat "$venv_stamp_file" 2>/dev/null)" = "$venv_stamp" ]; then
+    echo "peers: .venv up to date"
+else
+    echo "peers: creating .venv"
+    # A fresh venv each time the pins change: no stale packages left over.
+    rm -rf .venv
+    python3 -m venv .venv
+    .venv/bin/python -m pip install --quiet --no-input -r requirements.txt
+    .venv/bin/python -c 'import mcp; from mcp import Client, StdioServerParameters'
+    echo "$venv_stamp" >"$venv_stamp_file"
+fi
