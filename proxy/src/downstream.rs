@@ -59,6 +59,13 @@ pub enum DownstreamError {
         /// Why.
         reason: String,
     },
+    /// It was not running when the request was to be sent: the request
+    /// never reached it, so it may be sent again to a fresh child.
+    #[error("downstream {server} is not running")]
+    NotSent {
+        /// The server.
+        server: String,
+    },
     /// It exited (or closed stdout) before answering.
     #[error("downstream {server} exited before answering")]
     Exited {
@@ -90,6 +97,9 @@ pub struct Downstream {
     alive: Arc<AtomicBool>,
     /// Its tools as last listed (original names).
     pub tools: Mutex<Option<Vec<Value>>>,
+    /// When a request was last sent; with `idle_timeout`, when to stop it.
+    last_used: std::sync::Mutex<std::time::Instant>,
+    idle_timeout: Duration,
 }
 
 impl Downstream {
@@ -142,6 +152,12 @@ impl Downstream {
             next_id: AtomicU64::new(1),
             alive: alive.clone(),
             tools: Mutex::new(None),
+            last_used: std::sync::Mutex::new(std::time::Instant::now()),
+            idle_timeout: Duration::from_secs(u64::from(if server.idle_timeout_sec == 0 {
+                300
+            } else {
+                server.idle_timeout_sec
+            })),
         });
         tokio::spawn(read_loop(
             server.id.clone(),
@@ -191,6 +207,10 @@ impl Downstream {
         params: Value,
         timeout: Duration,
     ) -> Result<Result<Value, Value>, DownstreamError> {
+        *self
+            .last_used
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = std::time::Instant::now();
         let id = self.next_id.fetch_add(1, Ordering::SeqCst);
         let (tx, rx) = oneshot::channel();
         self.pending.lock().await.insert(id, tx);
@@ -199,8 +219,13 @@ impl Downstream {
             server: self.server_id.clone(),
         };
         if !self.is_alive() || !self.write(&message).await {
+            // A failed write means the child is gone, whatever the reader
+            // has seen so far.
+            self.alive.store(false, Ordering::SeqCst);
             self.pending.lock().await.remove(&id);
-            return Err(exited());
+            return Err(DownstreamError::NotSent {
+                server: self.server_id.clone(),
+            });
         }
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(mut response)) => Ok(match response.get_mut("error") {
@@ -252,6 +277,17 @@ impl Downstream {
         }
         *self.tools.lock().await = Some(tools.clone());
         Ok(tools)
+    }
+
+    /// Whether it has been unused for its idle timeout, with nothing in
+    /// flight.
+    pub async fn is_idle(&self) -> bool {
+        let since = self
+            .last_used
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .elapsed();
+        since >= self.idle_timeout && self.pending.lock().await.is_empty()
     }
 
     /// Stops the child: closes stdin, then kills it if it lingers.

@@ -107,6 +107,7 @@ impl From<DownstreamError> for CallError {
     fn from(err: DownstreamError) -> Self {
         let server = match &err {
             DownstreamError::Start { server, .. }
+            | DownstreamError::NotSent { server }
             | DownstreamError::Exited { server }
             | DownstreamError::Timeout { server, .. } => server.clone(),
         };
@@ -144,8 +145,24 @@ impl Gateway {
         let sender = vault.clone();
         let audit_task = tokio::spawn(async move {
             while let Some(record) = audit_rx.recv().await {
-                if let Err(err) = sender.audit(record).await {
-                    tracing::warn!(error = %err, "cannot send an audit record to the vault");
+                // While the vault is unreachable (restarting), keep the
+                // record and retry, in order; a refusal is final. Delivery
+                // is at least once: a vault that dies after storing a record
+                // but before answering gets it again.
+                let mut backoff = Duration::from_millis(100);
+                loop {
+                    match sender.audit(record.clone()).await {
+                        Ok(()) => break,
+                        Err(err @ VaultError::Refused { .. }) => {
+                            tracing::warn!(error = %err, "the vault refused an audit record");
+                            break;
+                        }
+                        Err(err) => {
+                            tracing::warn!(error = %err, "cannot send an audit record yet; retrying");
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(Duration::from_secs(5));
+                        }
+                    }
                 }
             }
         });
@@ -169,6 +186,17 @@ impl Gateway {
             }
         });
         let weak = Arc::downgrade(&gateway);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let Some(gateway) = weak.upgrade() else {
+                    return;
+                };
+                gateway.stop_idle().await;
+            }
+        });
+        let weak = Arc::downgrade(&gateway);
         let mut routing = gateway.vault.subscribe();
         tokio::spawn(async move {
             while routing.changed().await.is_ok() {
@@ -179,6 +207,31 @@ impl Gateway {
             }
         });
         gateway
+    }
+
+    /// Stops children unused for their server's `idle_timeout_sec`; the
+    /// next call starts them again.
+    async fn stop_idle(&self) {
+        let _one_start = self.starting.lock().await;
+        let mut idle = Vec::new();
+        {
+            let mut children = self.children.lock().await;
+            let mut keys = Vec::new();
+            for (key, child) in children.iter() {
+                if child.is_idle().await || !child.is_alive() {
+                    keys.push(key.clone());
+                }
+            }
+            for key in keys {
+                if let Some(child) = children.remove(&key) {
+                    idle.push(child);
+                }
+            }
+        }
+        for child in idle {
+            tracing::info!(server = %child.server_id, "stopping an idle downstream");
+            child.stop().await;
+        }
     }
 
     fn notify_tools_changed(&self) {
@@ -455,35 +508,50 @@ impl Gateway {
             self.audit(record, &params, None, Err(&err), started);
             return Err(err);
         }
-        let (child, credential) = match self.child(&server, scope, &name, &rule_id).await {
-            Ok(found) => found,
-            Err(err) => {
-                self.audit(record, &params, None, Err(&err), started);
-                return Err(err);
-            }
-        };
         let mut forwarded = params.clone();
         forwarded["name"] = Value::String(tool.to_owned());
-        let outcome = match child
-            .request("tools/call", forwarded, call_timeout(&server))
-            .await
-        {
-            Ok(Ok(result)) => Ok(result),
-            Ok(Err(error)) => Err(CallError {
-                code: error
-                    .get("code")
-                    .and_then(Value::as_i64)
-                    .unwrap_or(INTERNAL_ERROR),
-                message: error
-                    .get("message")
-                    .and_then(Value::as_str)
-                    .unwrap_or("downstream error")
-                    .to_owned(),
-                data: error.get("data").cloned(),
-                denied: false,
-            }),
-            Err(err) => Err(CallError::from(err)),
-        };
+        let mut credential = None;
+        let mut outcome = Err(CallError::new(INTERNAL_ERROR, "not attempted"));
+        // A child found dead before the request reached it (it crashed or
+        // was killed since the last call) is replaced once; a request that
+        // reached a child is never sent twice.
+        for _attempt in 0..2 {
+            let child = match self.child(&server, scope.clone(), &name, &rule_id).await {
+                Ok((child, released)) => {
+                    credential = released;
+                    child
+                }
+                Err(err) => {
+                    outcome = Err(err);
+                    break;
+                }
+            };
+            outcome = match child
+                .request("tools/call", forwarded.clone(), call_timeout(&server))
+                .await
+            {
+                Ok(Ok(result)) => Ok(result),
+                Ok(Err(error)) => Err(CallError {
+                    code: error
+                        .get("code")
+                        .and_then(Value::as_i64)
+                        .unwrap_or(INTERNAL_ERROR),
+                    message: error
+                        .get("message")
+                        .and_then(Value::as_str)
+                        .unwrap_or("downstream error")
+                        .to_owned(),
+                    data: error.get("data").cloned(),
+                    denied: false,
+                }),
+                Err(err @ DownstreamError::NotSent { .. }) => {
+                    outcome = Err(CallError::from(err));
+                    continue;
+                }
+                Err(err) => Err(CallError::from(err)),
+            };
+            break;
+        }
         self.audit(
             record,
             &params,

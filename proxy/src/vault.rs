@@ -167,10 +167,15 @@ impl VaultLink {
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_owned();
+        // Every refusal of the vault carries its error code; a status
+        // without one comes from the transport (the vault went away
+        // mid-call, or is not there), except the size checks tonic makes.
         if vault_code.is_empty()
-            && matches!(
+            && !matches!(
                 status.code(),
-                tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+                tonic::Code::InvalidArgument
+                    | tonic::Code::OutOfRange
+                    | tonic::Code::ResourceExhausted
             )
         {
             self.reset().await;

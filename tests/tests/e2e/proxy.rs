@@ -21,12 +21,12 @@ use mcplexer_tests::peers::{mcp_client, node, server_everything};
 use mcplexer_tests::{Vault, VaultOptions, bin};
 use serde_json::{Value, json};
 
-const FIRST: &str = "ev-first-7d1c9a";
+pub(crate) const FIRST: &str = "ev-first-7d1c9a";
 const SECOND: &str = "ev-second-52be04";
 /// In the proxy's environment only: must never reach a child.
 const MARKER: (&str, &str) = ("PROXY_ONLY_MARKER", "proxy-env-must-not-leak");
 
-fn config() -> String {
+pub(crate) fn config() -> String {
     let (program, args) = server_everything();
     let args = serde_json::to_string(&args).unwrap();
     let program = program.display();
@@ -63,7 +63,7 @@ route_rules:
     )
 }
 
-fn start() -> Vault {
+pub(crate) fn start() -> Vault {
     let vault = Vault::start_with(VaultOptions {
         client_group: Some(47001),
         ..Default::default()
@@ -77,7 +77,7 @@ fn start() -> Vault {
 }
 
 /// The proxy's environment: the allowlisted PATH and HOME, plus a marker.
-fn proxy_env() -> Vec<(&'static str, String)> {
+pub(crate) fn proxy_env() -> Vec<(&'static str, String)> {
     let node_dir = node().parent().unwrap().display().to_string();
     vec![
         ("PATH", format!("{node_dir}:/usr/bin:/bin")),
@@ -87,11 +87,22 @@ fn proxy_env() -> Vec<(&'static str, String)> {
 }
 
 /// Runs `script` through the proxy, as `user` (uid, gid) or as root.
-fn through_proxy(vault: &Vault, user: Option<(u32, u32)>, script: Value) -> Vec<Value> {
+pub(crate) fn through_proxy(vault: &Vault, user: Option<(u32, u32)>, script: Value) -> Vec<Value> {
+    through_proxy_in(&vault.socket, user, Path::new("/tmp"), script)
+}
+
+/// Runs `script` through a proxy on the vault socket `socket`, started in
+/// `cwd` (which picks the workspace).
+pub(crate) fn through_proxy_in(
+    socket: &Path,
+    user: Option<(u32, u32)>,
+    cwd: &Path,
+    script: Value,
+) -> Vec<Value> {
     let proxy = bin("mcplexer-proxy");
     let mut args = vec![
         "--socket".to_owned(),
-        vault.socket.display().to_string(),
+        socket.display().to_string(),
         "stdio".to_owned(),
     ];
     let command = match user {
@@ -110,24 +121,24 @@ fn through_proxy(vault: &Vault, user: Option<(u32, u32)>, script: Value) -> Vec<
     };
     let env = proxy_env();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let out = mcp_client(Path::new("/tmp"), &env, &command, &args, &script);
+    let out = mcp_client(cwd, &env, &command, &args, &script);
     out["results"].as_array().unwrap().clone()
 }
 
-fn env_of(result: &Value) -> serde_json::Map<String, Value> {
+pub(crate) fn env_of(result: &Value) -> serde_json::Map<String, Value> {
     let text = result["text"][0]
         .as_str()
         .unwrap_or_else(|| panic!("{result:#}"));
     serde_json::from_str(text).unwrap()
 }
 
-fn error_message(result: &Value) -> &str {
+pub(crate) fn error_message(result: &Value) -> &str {
     result["error"]["message"]
         .as_str()
         .unwrap_or_else(|| panic!("expected an error: {result:#}"))
 }
 
-fn call_records(vault: &Vault) -> Vec<Value> {
+pub(crate) fn call_records(vault: &Vault) -> Vec<Value> {
     let records = vault.ctl(["--json", "audit", "--kind", "call"]).json();
     records.as_array().unwrap().clone()
 }
