@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 use tokio::sync::{Mutex, mpsc};
 
 use crate::downstream::{Downstream, DownstreamError, Event};
+use crate::http::HttpDownstream;
 use crate::redact::{redact, scrub_text};
 use crate::router::{Decision, split_tool};
 use crate::vault::{Released, Routing, VaultError, VaultLink};
@@ -42,6 +43,8 @@ pub struct Gateway {
     /// The client's working directory: picks the workspace.
     cwd: PathBuf,
     children: Mutex<HashMap<ChildKey, Arc<Downstream>>>,
+    /// One HTTP session per (server id, scope id).
+    sessions: Mutex<HashMap<ChildKey, Arc<HttpDownstream>>>,
     /// Serialises starts, so concurrent calls share one child.
     starting: Mutex<()>,
     out: mpsc::UnboundedSender<Value>,
@@ -68,6 +71,23 @@ impl CallError {
             code,
             message: message.into(),
             data: None,
+            denied: false,
+        }
+    }
+
+    /// A downstream's JSON-RPC error, passed through (code, message, data).
+    fn from_downstream(error: Value) -> Self {
+        Self {
+            code: error
+                .get("code")
+                .and_then(Value::as_i64)
+                .unwrap_or(INTERNAL_ERROR),
+            message: error
+                .get("message")
+                .and_then(Value::as_str)
+                .unwrap_or("downstream error")
+                .to_owned(),
+            data: error.get("data").cloned(),
             denied: false,
         }
     }
@@ -170,6 +190,7 @@ impl Gateway {
             vault,
             cwd,
             children: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(HashMap::new()),
             starting: Mutex::new(()),
             out,
             events,
@@ -252,6 +273,19 @@ impl Gateway {
             .filter(|((s, _), _)| *s == server_id)
             .map(|(_, c)| c.clone())
             .collect();
+        let sessions: Vec<Arc<HttpDownstream>> = self
+            .sessions
+            .lock()
+            .await
+            .iter()
+            .filter(|((s, _), _)| *s == server_id)
+            .map(|(_, c)| c.clone())
+            .collect();
+        // An HTTP session is re-listed on the next tools/list (its headers
+        // come with the next credential).
+        for session in sessions {
+            *session.tools.lock().await = None;
+        }
         let mut changed = false;
         for child in children {
             // A child that was never listed is being listed right now (or
@@ -349,9 +383,6 @@ impl Gateway {
         servers.sort_by(|a, b| a.tool_namespace.cmp(&b.tool_namespace));
         let mut exposed = Vec::new();
         for server in servers {
-            if server.transport != "stdio" {
-                continue;
-            }
             let Some(scope) = self.listing_scope(&routing, &server.id) else {
                 continue;
             };
@@ -395,11 +426,62 @@ impl Gateway {
         server: &pb::DownstreamServer,
         scope: Option<String>,
     ) -> Result<Vec<Value>, CallError> {
+        if server.transport == "http" {
+            let session = self.session(server, scope.clone()).await?;
+            if let Some(tools) = session.tools.lock().await.clone() {
+                return Ok(tools);
+            }
+            let credential = self.credential(server, scope, "", "").await?;
+            return Ok(session
+                .list_tools(credential.as_ref(), call_timeout(server))
+                .await?);
+        }
         let (child, _) = self.child(server, scope, "", "").await?;
         if let Some(tools) = child.tools.lock().await.clone() {
             return Ok(tools);
         }
         Ok(child.list_tools(call_timeout(server)).await?)
+    }
+
+    /// Fetches the scope's values for one use of `server` (none without a
+    /// scope). Every fetch is a release the vault audits.
+    async fn credential(
+        &self,
+        server: &pb::DownstreamServer,
+        scope: Option<String>,
+        tool: &str,
+        rule: &str,
+    ) -> Result<Option<Released>, CallError> {
+        let Some(scope_id) = scope else {
+            return Ok(None);
+        };
+        let released = self
+            .vault
+            .credential(pb::CredentialRequest {
+                auth_scope_id: scope_id,
+                downstream_server_id: server.id.clone(),
+                transport: server.transport.clone(),
+                tool: tool.to_owned(),
+                route_rule_id: rule.to_owned(),
+            })
+            .await?;
+        Ok(Some(released))
+    }
+
+    /// The HTTP session for (server, scope).
+    async fn session(
+        &self,
+        server: &pb::DownstreamServer,
+        scope: Option<String>,
+    ) -> Result<Arc<HttpDownstream>, CallError> {
+        let mut sessions = self.sessions.lock().await;
+        let key = (server.id.clone(), scope);
+        if let Some(session) = sessions.get(&key) {
+            return Ok(session.clone());
+        }
+        let session = HttpDownstream::new(server, self.events.clone())?;
+        sessions.insert(key, session.clone());
+        Ok(session)
     }
 
     /// The child for (server, scope), started or restarted as needed: a new
@@ -411,20 +493,7 @@ impl Gateway {
         tool: &str,
         rule: &str,
     ) -> Result<(Arc<Downstream>, Option<Released>), CallError> {
-        let credential = match &scope {
-            Some(scope_id) => Some(
-                self.vault
-                    .credential(pb::CredentialRequest {
-                        auth_scope_id: scope_id.clone(),
-                        downstream_server_id: server.id.clone(),
-                        transport: server.transport.clone(),
-                        tool: tool.to_owned(),
-                        route_rule_id: rule.to_owned(),
-                    })
-                    .await?,
-            ),
-            None => None,
-        };
+        let credential = self.credential(server, scope.clone(), tool, rule).await?;
         let key = (server.id.clone(), scope.clone());
         let version = credential.as_ref().map_or(0, |c| c.version);
         let _one_start = self.starting.lock().await;
@@ -497,16 +566,40 @@ impl Gateway {
                 return Err(err);
             }
         };
-        if server.transport != "stdio" {
-            let err = CallError::new(
-                INTERNAL_ERROR,
-                format!(
-                    "downstream {server_id} uses transport {}, which this proxy does not serve yet",
-                    server.transport
-                ),
+        if server.transport == "http" {
+            let mut forwarded = params.clone();
+            forwarded["name"] = Value::String(tool.to_owned());
+            let mut credential = None;
+            let outcome = match self
+                .credential(&server, scope.clone(), &name, &rule_id)
+                .await
+            {
+                Err(err) => Err(err),
+                Ok(released) => {
+                    credential = released;
+                    match self.session(&server, scope).await {
+                        Err(err) => Err(err),
+                        Ok(session) => session
+                            .request(
+                                "tools/call",
+                                forwarded,
+                                credential.as_ref(),
+                                call_timeout(&server),
+                            )
+                            .await
+                            .map_err(CallError::from)
+                            .and_then(|answer| answer.map_err(CallError::from_downstream)),
+                    }
+                }
+            };
+            self.audit(
+                record,
+                &params,
+                credential.as_ref(),
+                outcome.as_ref(),
+                started,
             );
-            self.audit(record, &params, None, Err(&err), started);
-            return Err(err);
+            return outcome;
         }
         let mut forwarded = params.clone();
         forwarded["name"] = Value::String(tool.to_owned());
@@ -531,19 +624,7 @@ impl Gateway {
                 .await
             {
                 Ok(Ok(result)) => Ok(result),
-                Ok(Err(error)) => Err(CallError {
-                    code: error
-                        .get("code")
-                        .and_then(Value::as_i64)
-                        .unwrap_or(INTERNAL_ERROR),
-                    message: error
-                        .get("message")
-                        .and_then(Value::as_str)
-                        .unwrap_or("downstream error")
-                        .to_owned(),
-                    data: error.get("data").cloned(),
-                    denied: false,
-                }),
+                Ok(Err(error)) => Err(CallError::from_downstream(error)),
                 Err(err @ DownstreamError::NotSent { .. }) => {
                     outcome = Err(CallError::from(err));
                     continue;
@@ -607,6 +688,11 @@ impl Gateway {
             self.children.lock().await.drain().map(|(_, c)| c).collect();
         for child in children {
             child.stop().await;
+        }
+        let sessions: Vec<Arc<HttpDownstream>> =
+            self.sessions.lock().await.drain().map(|(_, s)| s).collect();
+        for session in sessions {
+            session.stop().await;
         }
         self.audit_tx
             .lock()

@@ -14,6 +14,7 @@
 pub mod cli;
 pub mod downstream;
 pub mod gateway;
+pub mod http;
 pub mod redact;
 pub mod router;
 pub mod stdio;

@@ -97,3 +97,97 @@ pub fn mcp_client(
         panic!("mcp_client.py printed no JSON ({e}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}")
     })
 }
+
+/// How long `tests/peers/header_server.py` may take to print its URL.
+const HEADER_SERVER_START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// A running `tests/peers/header_server.py`: a real MCP server on the
+/// official Python SDK, serving streamable HTTP on 127.0.0.1 (a port the OS
+/// picked) at `/mcp`, whose tools report the HTTP request headers of the
+/// POST that carried the call: `show_header {"name"}` (the value, or
+/// `<absent>`), `show_headers {}` (a JSON object of every header, lower-case
+/// names) and `echo {"message"}`. The SDK's DNS-rebinding check is on: the
+/// Host header must be `127.0.0.1:<port>` (or `localhost:<port>`).
+///
+/// The server's stderr (its log, including an access log) is forwarded to
+/// this process's stderr, prefixed `header_server:`, so a failing test shows
+/// it. Killed and reaped on drop.
+pub struct HeaderServer {
+    /// The MCP endpoint, `http://127.0.0.1:<port>/mcp`.
+    pub url: String,
+    child: std::process::Child,
+}
+
+impl HeaderServer {
+    /// Starts the server with the venv's Python and waits (without sleeping)
+    /// for its `URL=…` line on stdout, printed once it accepts connections.
+    /// `json_response` makes it answer each POST with one `application/json`
+    /// body instead of the SDK's default `text/event-stream`. Panics with the
+    /// server's stderr if it exits, or stays silent for a minute, first.
+    pub fn start(json_response: bool) -> HeaderServer {
+        use std::io::BufRead as _;
+
+        let mut cmd = Command::new(python());
+        cmd.arg(peers_dir().join("header_server.py"));
+        if json_response {
+            cmd.arg("--json-response");
+        }
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn header_server.py");
+
+        // Drain stderr for the server's whole life (a full pipe would block
+        // it), forwarding each line and keeping them for a start-up failure.
+        let stderr = child.stderr.take().expect("header_server.py stderr");
+        let stderr_lines = std::thread::spawn(move || {
+            let mut seen = String::new();
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                eprintln!("header_server: {line}");
+                seen.push_str(&line);
+                seen.push('\n');
+            }
+            seen
+        });
+
+        // The first stdout line, read on a thread so that it can time out.
+        let stdout = child.stdout.take().expect("header_server.py stdout");
+        let (first_line_tx, first_line_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let read = std::io::BufReader::new(stdout).read_line(&mut line);
+            // The receiver is gone only if start() already gave up.
+            let _ = first_line_tx.send(read.map(|_| line));
+        });
+
+        let first_line = first_line_rx.recv_timeout(HEADER_SERVER_START_TIMEOUT);
+        let url = match &first_line {
+            Ok(Ok(line)) => line.trim_end().strip_prefix("URL=").map(str::to_owned),
+            _ => None,
+        };
+        match url {
+            Some(url) => HeaderServer { url, child },
+            None => {
+                // Exited, or silent too long: stop it so that stderr ends.
+                let _ = child.kill();
+                let status = child.wait().expect("wait for header_server.py");
+                let stderr = stderr_lines.join().unwrap_or_default();
+                panic!(
+                    "header_server.py printed no URL line (first line: {first_line:?}, \
+                     status: {status}):\n--- stderr\n{stderr}"
+                )
+            }
+        }
+    }
+}
+
+impl Drop for HeaderServer {
+    /// Kills the server (SIGKILL) and reaps it.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -9,6 +9,7 @@ mod peers;
 mod peers_smoke;
 mod probe;
 mod proxy;
+mod proxy_http;
 mod proxy_lifecycle;
 mod release;
 mod secrets;

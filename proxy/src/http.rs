@@ -1,0 +1,368 @@
+//! A downstream MCP server over streamable HTTP: one session per (server,
+//! auth scope), the scope's headers set on every request (marked sensitive,
+//! so the HTTP stack never logs them), JSON and SSE responses, and a new
+//! session when the server answers 404 to the old one.
+//!
+//! Trust: the server is as trusted as its configured URL (https, or http on
+//! loopback only; the vault checks that). It receives the scope's headers and
+//! nothing of the client's: no client header is forwarded.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use mcplexer_proto::v1 as pb;
+use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use serde_json::{Value, json};
+use tokio::sync::{Mutex, mpsc};
+
+use crate::downstream::{DOWNSTREAM_PROTOCOL, DownstreamError, Event};
+use crate::vault::Released;
+
+/// The session header (case-insensitive on the wire).
+const SESSION: &str = "mcp-session-id";
+/// The protocol version header, sent after initialisation.
+const PROTOCOL: &str = "mcp-protocol-version";
+/// The largest response body accepted (16 MiB).
+const MAX_BODY: usize = 16 << 20;
+/// Pages of `tools/list` read from one downstream at most.
+const MAX_PAGES: usize = 64;
+
+/// Why a POST did not produce an answer.
+enum PostError {
+    /// The server no longer knows the session (404): initialise again.
+    SessionGone,
+    /// Any other failure.
+    Failed(DownstreamError),
+}
+
+/// A streamable-HTTP downstream session.
+pub struct HttpDownstream {
+    /// Its server id.
+    pub server_id: String,
+    url: reqwest::Url,
+    client: reqwest::Client,
+    session: Mutex<Option<String>>,
+    next_id: AtomicU64,
+    events: mpsc::UnboundedSender<Event>,
+    /// Its tools as last listed (original names).
+    pub tools: Mutex<Option<Vec<Value>>>,
+}
+
+impl HttpDownstream {
+    /// A session for `server` (not yet initialised: that happens with the
+    /// first request, when the credential's headers are at hand).
+    pub fn new(
+        server: &pb::DownstreamServer,
+        events: mpsc::UnboundedSender<Event>,
+    ) -> Result<Arc<Self>, DownstreamError> {
+        let start_err = |reason: String| DownstreamError::Start {
+            server: server.id.clone(),
+            reason,
+        };
+        let url =
+            reqwest::Url::parse(&server.url).map_err(|e| start_err(format!("bad url: {e}")))?;
+        let client = reqwest::Client::builder()
+            // Never route credentials through a proxy from the environment,
+            // never follow a redirect with them to another origin.
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| start_err(e.to_string()))?;
+        Ok(Arc::new(Self {
+            server_id: server.id.clone(),
+            url,
+            client,
+            session: Mutex::new(None),
+            next_id: AtomicU64::new(1),
+            events,
+            tools: Mutex::new(None),
+        }))
+    }
+
+    fn failed(&self, reason: impl Into<String>) -> PostError {
+        PostError::Failed(DownstreamError::Start {
+            server: self.server_id.clone(),
+            reason: reason.into(),
+        })
+    }
+
+    /// The scope's values as request headers, each marked sensitive. The
+    /// HTTP stack keeps its own copy until the request is written; that copy
+    /// is not ours to wipe.
+    fn credential_headers(&self, credential: Option<&Released>) -> Result<HeaderMap, PostError> {
+        let mut headers = HeaderMap::new();
+        for (name, value) in credential.map(|c| c.values.as_slice()).unwrap_or_default() {
+            let name = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| self.failed(format!("header name {name:?} is not valid")))?;
+            let mut value = HeaderValue::from_bytes(value).map_err(|_| {
+                self.failed(format!(
+                    "the value of header {name} is not a valid header value"
+                ))
+            })?;
+            value.set_sensitive(true);
+            headers.insert(name, value);
+        }
+        Ok(headers)
+    }
+
+    /// POSTs one message; for a request, returns its response.
+    async fn post(
+        &self,
+        message: &Value,
+        id: Option<u64>,
+        credential: Option<&Released>,
+        timeout: Duration,
+    ) -> Result<Option<Value>, PostError> {
+        let mut headers = self.credential_headers(credential)?;
+        headers.insert(
+            ACCEPT,
+            HeaderValue::from_static("application/json, text/event-stream"),
+        );
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        let session = self.session.lock().await.clone();
+        if let Some(session) = &session {
+            if let Ok(value) = HeaderValue::from_str(session) {
+                headers.insert(SESSION, value);
+            }
+            headers.insert(PROTOCOL, HeaderValue::from_static(DOWNSTREAM_PROTOCOL));
+        }
+        let send = self
+            .client
+            .post(self.url.clone())
+            .headers(headers)
+            .body(message.to_string())
+            .timeout(timeout)
+            .send();
+        let mut response = send
+            .await
+            .map_err(|e| self.failed(format!("request failed: {}", without_url(&e))))?;
+        let status = response.status();
+        if status == reqwest::StatusCode::NOT_FOUND && session.is_some() {
+            return Err(PostError::SessionGone);
+        }
+        // A session id is adopted only from a successful answer to a
+        // request made without one (initialize); servers also attach fresh
+        // ids to error answers, which must not replace ours.
+        if session.is_none()
+            && status.is_success()
+            && let Some(new) = response
+                .headers()
+                .get(SESSION)
+                .and_then(|v| v.to_str().ok())
+        {
+            *self.session.lock().await = Some(new.to_owned());
+        }
+        if status == reqwest::StatusCode::ACCEPTED || id.is_none() {
+            return Ok(None);
+        }
+        if !status.is_success() {
+            return Err(self.failed(format!("HTTP {status}")));
+        }
+        let sse = response
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        let mut body = Vec::new();
+        let mut parsed = 0;
+        let mut data = String::new();
+        loop {
+            let chunk = tokio::time::timeout(timeout, response.chunk())
+                .await
+                .map_err(|_| {
+                    PostError::Failed(DownstreamError::Timeout {
+                        server: self.server_id.clone(),
+                        secs: timeout.as_secs(),
+                    })
+                })?
+                .map_err(|e| {
+                    self.failed(format!("reading the response failed: {}", without_url(&e)))
+                })?;
+            let Some(chunk) = chunk else { break };
+            body.extend_from_slice(&chunk);
+            if body.len() > MAX_BODY {
+                return Err(self.failed("the response is larger than 16 MiB"));
+            }
+            if !sse {
+                continue;
+            }
+            // Event stream: dispatch each complete line; a blank line ends
+            // an event whose data is one JSON-RPC message.
+            while let Some(end) = body[parsed..].iter().position(|&b| b == b'\n') {
+                let line = String::from_utf8_lossy(&body[parsed..parsed + end])
+                    .trim_end_matches('\r')
+                    .to_owned();
+                parsed += end + 1;
+                if let Some(rest) = line.strip_prefix("data:") {
+                    data.push_str(rest.strip_prefix(' ').unwrap_or(rest));
+                    data.push('\n');
+                } else if line.is_empty() && !data.is_empty() {
+                    let event = std::mem::take(&mut data);
+                    if let Some(answer) = self.dispatch(event.trim_end(), id) {
+                        return Ok(Some(answer));
+                    }
+                }
+            }
+        }
+        if sse {
+            if !data.is_empty()
+                && let Some(answer) = self.dispatch(data.trim_end(), id)
+            {
+                return Ok(Some(answer));
+            }
+            return Err(self.failed("the event stream ended without a response"));
+        }
+        serde_json::from_slice(&body)
+            .map(Some)
+            .map_err(|_| self.failed("the response is not JSON"))
+    }
+
+    /// Handles one message from an event stream; returns it if it is the
+    /// response to `id`.
+    fn dispatch(&self, data: &str, id: Option<u64>) -> Option<Value> {
+        let message: Value = serde_json::from_str(data).ok()?;
+        if message.get("method").and_then(Value::as_str) == Some("notifications/tools/list_changed")
+        {
+            let _ = self.events.send(Event::ToolsChanged {
+                server_id: self.server_id.clone(),
+            });
+            return None;
+        }
+        let is_response = message.get("method").is_none();
+        (is_response && message.get("id").and_then(Value::as_u64) == id && id.is_some())
+            .then_some(message)
+    }
+
+    async fn initialize(
+        &self,
+        credential: Option<&Released>,
+        timeout: Duration,
+    ) -> Result<(), PostError> {
+        *self.session.lock().await = None;
+        let id = self.next_id.fetch_add(1, Ordering::SeqCst);
+        let init = json!({"jsonrpc": "2.0", "id": id, "method": "initialize", "params": {
+            "protocolVersion": DOWNSTREAM_PROTOCOL,
+            "capabilities": {},
+            "clientInfo": {"name": "mcplexer-proxy", "version": env!("CARGO_PKG_VERSION")},
+        }});
+        let answer = self.post(&init, Some(id), credential, timeout).await?;
+        if let Some(error) = answer.as_ref().and_then(|a| a.get("error")) {
+            return Err(self.failed(format!("initialize failed: {error}")));
+        }
+        self.post(
+            &json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+            None,
+            credential,
+            timeout,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Sends a request with the credential's headers, initialising the
+    /// session first (and again if the server forgot it); `Ok(Ok(result))`,
+    /// `Ok(Err(error object))` for a JSON-RPC error.
+    pub async fn request(
+        &self,
+        method: &str,
+        params: Value,
+        credential: Option<&Released>,
+        timeout: Duration,
+    ) -> Result<Result<Value, Value>, DownstreamError> {
+        for _attempt in 0..2 {
+            if self.session.lock().await.is_none() {
+                match self.initialize(credential, timeout).await {
+                    Ok(()) => {}
+                    Err(PostError::Failed(err)) => return Err(err),
+                    Err(PostError::SessionGone) => continue,
+                }
+            }
+            let id = self.next_id.fetch_add(1, Ordering::SeqCst);
+            let message = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+            match self.post(&message, Some(id), credential, timeout).await {
+                Ok(Some(mut answer)) => {
+                    return Ok(match answer.get_mut("error") {
+                        Some(error) => Err(error.take()),
+                        None => Ok(answer
+                            .get_mut("result")
+                            .map(Value::take)
+                            .unwrap_or(Value::Null)),
+                    });
+                }
+                Ok(None) => {
+                    return Err(DownstreamError::Exited {
+                        server: self.server_id.clone(),
+                    });
+                }
+                Err(PostError::SessionGone) => {
+                    tracing::info!(server = %self.server_id, "downstream session expired; initialising a new one");
+                    *self.session.lock().await = None;
+                }
+                Err(PostError::Failed(err)) => return Err(err),
+            }
+        }
+        Err(DownstreamError::Exited {
+            server: self.server_id.clone(),
+        })
+    }
+
+    /// Lists every tool (all pages) and caches the list.
+    pub async fn list_tools(
+        &self,
+        credential: Option<&Released>,
+        timeout: Duration,
+    ) -> Result<Vec<Value>, DownstreamError> {
+        let mut tools = Vec::new();
+        let mut cursor: Option<Value> = None;
+        for _ in 0..MAX_PAGES {
+            let params = match &cursor {
+                Some(c) => json!({"cursor": c}),
+                None => json!({}),
+            };
+            let result = match self
+                .request("tools/list", params, credential, timeout)
+                .await?
+            {
+                Ok(result) => result,
+                Err(error) => {
+                    tracing::warn!(server = %self.server_id, %error, "tools/list failed");
+                    break;
+                }
+            };
+            if let Some(list) = result.get("tools").and_then(Value::as_array) {
+                tools.extend(list.iter().cloned());
+            }
+            cursor = result.get("nextCursor").filter(|c| !c.is_null()).cloned();
+            if cursor.is_none() {
+                break;
+            }
+        }
+        *self.tools.lock().await = Some(tools.clone());
+        Ok(tools)
+    }
+
+    /// Ends the session (DELETE), if the server keeps one.
+    pub async fn stop(&self) {
+        let Some(session) = self.session.lock().await.take() else {
+            return;
+        };
+        let _ = self
+            .client
+            .delete(self.url.clone())
+            .header(SESSION, session)
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await;
+    }
+}
+
+/// A reqwest error's text without its URL (which may carry a query string
+/// with secrets in a misconfigured server; never log it).
+fn without_url(err: &reqwest::Error) -> String {
+    let mut text = err.to_string();
+    if let Some(url) = err.url() {
+        text = text.replace(url.as_str(), "<url>");
+    }
+    text
+}
