@@ -27,6 +27,10 @@ pub enum Command {
         /// The directory that picks the workspace [default: the current one].
         #[arg(long, value_name = "DIR")]
         cwd: Option<PathBuf>,
+        /// Record every call's response in the audit log (redacted like the
+        /// params), not only for rules with `log_full`.
+        #[arg(long)]
+        log_full: bool,
     },
     /// Explain which rule, server and scope a call of TOOL would use, and why.
     DryRun {

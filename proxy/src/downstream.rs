@@ -46,6 +46,8 @@ pub enum Event {
         /// The server.
         server_id: String,
     },
+    /// It sent `notifications/progress` (relayed while its token is live).
+    Progress(Value),
 }
 
 /// Why a request to a downstream failed.
@@ -69,6 +71,12 @@ pub enum DownstreamError {
     /// It exited (or closed stdout) before answering.
     #[error("downstream {server} exited before answering")]
     Exited {
+        /// The server.
+        server: String,
+    },
+    /// The client cancelled the call; the downstream was told.
+    #[error("the call to downstream {server} was cancelled by the client")]
+    Cancelled {
         /// The server.
         server: String,
     },
@@ -207,6 +215,19 @@ impl Downstream {
         params: Value,
         timeout: Duration,
     ) -> Result<Result<Value, Value>, DownstreamError> {
+        self.request_cancellable(method, params, timeout, None)
+            .await
+    }
+
+    /// Like [`Downstream::request`]; when `cancel` turns true the request is
+    /// abandoned and the child is sent `notifications/cancelled`.
+    pub async fn request_cancellable(
+        &self,
+        method: &str,
+        params: Value,
+        timeout: Duration,
+        cancel: Option<tokio::sync::watch::Receiver<bool>>,
+    ) -> Result<Result<Value, Value>, DownstreamError> {
         *self
             .last_used
             .lock()
@@ -227,7 +248,31 @@ impl Downstream {
                 server: self.server_id.clone(),
             });
         }
-        match tokio::time::timeout(timeout, rx).await {
+        let cancelled = async move {
+            match cancel {
+                Some(mut cancel) => {
+                    if cancel.wait_for(|c| *c).await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        let answer = tokio::select! {
+            answer = tokio::time::timeout(timeout, rx) => answer,
+            () = cancelled => {
+                self.pending.lock().await.remove(&id);
+                self.notify(
+                    "notifications/cancelled",
+                    json!({"requestId": id, "reason": "cancelled by the client"}),
+                )
+                .await;
+                return Err(DownstreamError::Cancelled {
+                    server: self.server_id.clone(),
+                });
+            }
+        };
+        match answer {
             Ok(Ok(mut response)) => Ok(match response.get_mut("error") {
                 Some(error) => Err(error.take()),
                 None => Ok(response
@@ -356,6 +401,9 @@ async fn read_loop(
                 if let Some(this) = this.upgrade() {
                     this.write(&reply).await;
                 }
+            }
+            (Some("notifications/progress"), None) => {
+                let _ = events.send(Event::Progress(message));
             }
             (Some("notifications/tools/list_changed"), None) => {
                 let _ = events.send(Event::ToolsChanged {

@@ -42,6 +42,8 @@ pub struct Gateway {
     vault: Arc<VaultLink>,
     /// The client's working directory: picks the workspace.
     cwd: PathBuf,
+    /// Record every call's (redacted) response, whatever the rule says.
+    log_full: bool,
     children: Mutex<HashMap<ChildKey, Arc<Downstream>>>,
     /// One HTTP session per (server id, scope id).
     sessions: Mutex<HashMap<ChildKey, Arc<HttpDownstream>>>,
@@ -53,6 +55,11 @@ pub struct Gateway {
     /// [`Gateway::shutdown`] waits for, so none is lost at exit.
     audit_tx: std::sync::Mutex<Option<mpsc::UnboundedSender<pb::AuditRecord>>>,
     audit_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Calls in flight that the client may cancel, by its request id (as
+    /// JSON text, so 1 and "1" stay distinct).
+    cancels: std::sync::Mutex<HashMap<String, tokio::sync::watch::Sender<bool>>>,
+    /// Progress tokens of calls in flight (as JSON text).
+    progress: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 /// An error answered to the client.
@@ -63,6 +70,8 @@ struct CallError {
     /// A policy refusal (route rule, no rule, or the vault's refusal), as
     /// opposed to a failure: audited as `denied`.
     denied: bool,
+    /// The client cancelled the call: no response is sent.
+    cancelled: bool,
 }
 
 impl CallError {
@@ -72,6 +81,7 @@ impl CallError {
             message: message.into(),
             data: None,
             denied: false,
+            cancelled: false,
         }
     }
 
@@ -89,6 +99,7 @@ impl CallError {
                 .to_owned(),
             data: error.get("data").cloned(),
             denied: false,
+            cancelled: false,
         }
     }
 
@@ -119,6 +130,7 @@ impl From<VaultError> for CallError {
             message: err.to_string(),
             data: Some(data),
             denied,
+            cancelled: false,
         }
     }
 }
@@ -129,6 +141,7 @@ impl From<DownstreamError> for CallError {
             DownstreamError::Start { server, .. }
             | DownstreamError::NotSent { server }
             | DownstreamError::Exited { server }
+            | DownstreamError::Cancelled { server }
             | DownstreamError::Timeout { server, .. } => server.clone(),
         };
         Self {
@@ -136,6 +149,7 @@ impl From<DownstreamError> for CallError {
             message: err.to_string(),
             data: Some(json!({"downstream": server})),
             denied: false,
+            cancelled: matches!(err, DownstreamError::Cancelled { .. }),
         }
     }
 }
@@ -158,6 +172,7 @@ impl Gateway {
     pub fn new(
         vault: Arc<VaultLink>,
         cwd: PathBuf,
+        log_full: bool,
         out: mpsc::UnboundedSender<Value>,
     ) -> Arc<Self> {
         let (events, mut rx) = mpsc::unbounded_channel();
@@ -189,6 +204,7 @@ impl Gateway {
         let gateway = Arc::new(Self {
             vault,
             cwd,
+            log_full,
             children: Mutex::new(HashMap::new()),
             sessions: Mutex::new(HashMap::new()),
             starting: Mutex::new(()),
@@ -196,6 +212,8 @@ impl Gateway {
             events,
             audit_tx: std::sync::Mutex::new(Some(audit_tx)),
             audit_task: Mutex::new(Some(audit_task)),
+            cancels: std::sync::Mutex::new(HashMap::new()),
+            progress: std::sync::Mutex::new(std::collections::HashSet::new()),
         });
         let weak = Arc::downgrade(&gateway);
         tokio::spawn(async move {
@@ -262,7 +280,27 @@ impl Gateway {
     }
 
     async fn on_event(&self, event: Event) {
-        let Event::ToolsChanged { server_id } = event;
+        let server_id = match event {
+            Event::ToolsChanged { server_id } => server_id,
+            Event::Progress(message) => {
+                // Relayed only while the call that carries its token runs:
+                // never after completion, never a token the client did not
+                // send.
+                let token = message
+                    .pointer("/params/progressToken")
+                    .map(Value::to_string);
+                let live = token.is_some_and(|t| {
+                    self.progress
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .contains(&t)
+                });
+                if live {
+                    let _ = self.out.send(message);
+                }
+                return;
+            }
+        };
         // Re-list every child of that server; tell the client only when a
         // list really changed (servers announce changes they did not make).
         let children: Vec<Arc<Downstream>> = self
@@ -311,8 +349,19 @@ impl Gateway {
             .map(str::to_owned);
         let params = message.get("params").cloned().unwrap_or(Value::Null);
         let (Some(id), Some(method)) = (id, method) else {
-            // A notification (initialized, cancelled, ...) or a stray
-            // response: nothing to answer.
+            if message.get("method").and_then(Value::as_str) == Some("notifications/cancelled")
+                && let Some(request) = params.get("requestId")
+            {
+                let cancels = self
+                    .cancels
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if let Some(cancel) = cancels.get(&request.to_string()) {
+                    let _ = cancel.send(true);
+                }
+            }
+            // Other notifications (initialized, ...) and stray responses
+            // need no answer.
             return None;
         };
         if id.is_null() {
@@ -328,7 +377,37 @@ impl Gateway {
             "initialize" => Ok(Self::initialize(&params)),
             "ping" => Ok(json!({})),
             "tools/list" => self.tools_list(&params).await,
-            "tools/call" => self.tools_call(params).await,
+            "tools/call" => {
+                let key = id.to_string();
+                let (cancel_tx, cancel_rx) = tokio::sync::watch::channel(false);
+                self.cancels
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(key.clone(), cancel_tx);
+                let token = params.pointer("/_meta/progressToken").map(Value::to_string);
+                if let Some(token) = &token {
+                    self.progress
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .insert(token.clone());
+                }
+                let result = self.tools_call(params, cancel_rx).await;
+                self.cancels
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .remove(&key);
+                if let Some(token) = &token {
+                    self.progress
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .remove(token);
+                }
+                // A cancelled request gets no response (MCP cancellation).
+                if result.as_ref().is_err_and(|e| e.cancelled) {
+                    return None;
+                }
+                result
+            }
             "resources/list" => Ok(json!({"resources": []})),
             "prompts/list" => Ok(json!({"prompts": []})),
             other => Err(CallError::new(
@@ -510,7 +589,11 @@ impl Gateway {
         Ok((child, credential))
     }
 
-    async fn tools_call(self: &Arc<Self>, params: Value) -> Result<Value, CallError> {
+    async fn tools_call(
+        self: &Arc<Self>,
+        params: Value,
+        cancel: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<Value, CallError> {
         let started = Instant::now();
         let name = params
             .get("name")
@@ -553,7 +636,7 @@ impl Gateway {
                 let err = CallError::denied(format!(
                     "tool {name} is denied by route rule {rule_id} in workspace {workspace_id}"
                 ));
-                self.audit(record, &params, None, Err(&err), started);
+                self.audit(record, &params, None, Err(&err), started, false);
                 return Err(err);
             }
             Decision::NoMatch { workspaces } => {
@@ -562,10 +645,12 @@ impl Gateway {
                     "no route rule allows tool {name} (searched workspaces: {}); calls are denied unless a rule allows them",
                     workspaces.join(", ")
                 ));
-                self.audit(record, &params, None, Err(&err), started);
+                self.audit(record, &params, None, Err(&err), started, false);
                 return Err(err);
             }
         };
+        let log_full =
+            self.log_full || routing.routes.iter().any(|r| r.id == rule_id && r.log_full);
         if server.transport == "http" {
             let mut forwarded = params.clone();
             forwarded["name"] = Value::String(tool.to_owned());
@@ -579,16 +664,24 @@ impl Gateway {
                     credential = released;
                     match self.session(&server, scope).await {
                         Err(err) => Err(err),
-                        Ok(session) => session
-                            .request(
-                                "tools/call",
-                                forwarded,
-                                credential.as_ref(),
-                                call_timeout(&server),
-                            )
-                            .await
-                            .map_err(CallError::from)
-                            .and_then(|answer| answer.map_err(CallError::from_downstream)),
+                        Ok(session) => {
+                            // Cancelling an HTTP call drops its request; the
+                            // server sees the connection close.
+                            let mut cancel = cancel.clone();
+                            tokio::select! {
+                                answer = session.request(
+                                    "tools/call",
+                                    forwarded,
+                                    credential.as_ref(),
+                                    call_timeout(&server),
+                                ) => answer
+                                    .map_err(CallError::from)
+                                    .and_then(|answer| answer.map_err(CallError::from_downstream)),
+                                Ok(_) = cancel.wait_for(|c| *c) => Err(CallError::from(DownstreamError::Cancelled {
+                                    server: server.id.clone(),
+                                })),
+                            }
+                        }
                     }
                 }
             };
@@ -598,6 +691,7 @@ impl Gateway {
                 credential.as_ref(),
                 outcome.as_ref(),
                 started,
+                log_full,
             );
             return outcome;
         }
@@ -620,7 +714,12 @@ impl Gateway {
                 }
             };
             outcome = match child
-                .request("tools/call", forwarded.clone(), call_timeout(&server))
+                .request_cancellable(
+                    "tools/call",
+                    forwarded.clone(),
+                    call_timeout(&server),
+                    Some(cancel.clone()),
+                )
                 .await
             {
                 Ok(Ok(result)) => Ok(result),
@@ -639,6 +738,7 @@ impl Gateway {
             credential.as_ref(),
             outcome.as_ref(),
             started,
+            log_full,
         );
         outcome
     }
@@ -652,6 +752,7 @@ impl Gateway {
         credential: Option<&Released>,
         outcome: Result<&Value, &CallError>,
         started: Instant,
+        log_full: bool,
     ) {
         let hints = credential.map(|c| c.hints.clone()).unwrap_or_default();
         let scrub = credential.map(Released::scrub).unwrap_or_default();
@@ -666,6 +767,12 @@ impl Gateway {
                     .and_then(Value::as_bool)
                     .unwrap_or(false);
                 record.status = if is_error { "error" } else { "success" }.into();
+                if log_full {
+                    // Full logging: the response too, redacted the same way.
+                    let mut response = result.clone();
+                    redact(&mut response, &hints, &scrub);
+                    record.response = response.to_string();
+                }
             }
             Err(err) => {
                 record.status = if err.denied { "denied" } else { "error" }.into();

@@ -222,6 +222,10 @@ impl HttpDownstream {
     /// response to `id`.
     fn dispatch(&self, data: &str, id: Option<u64>) -> Option<Value> {
         let message: Value = serde_json::from_str(data).ok()?;
+        if message.get("method").and_then(Value::as_str) == Some("notifications/progress") {
+            let _ = self.events.send(Event::Progress(message));
+            return None;
+        }
         if message.get("method").and_then(Value::as_str) == Some("notifications/tools/list_changed")
         {
             let _ = self.events.send(Event::ToolsChanged {

@@ -30,9 +30,9 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         let vault = mcplexer_proxy::vault::VaultLink::new(&socket);
         match cli.command {
-            Command::Stdio { cwd } => {
+            Command::Stdio { cwd, log_full } => {
                 let cwd = mcplexer_proxy::resolve_cwd(cwd)?;
-                mcplexer_proxy::stdio::run(vault, cwd)
+                mcplexer_proxy::stdio::run(vault, cwd, log_full)
                     .await
                     .map_err(|e| e.to_string())
             }

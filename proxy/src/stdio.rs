@@ -16,7 +16,7 @@ use crate::vault::VaultLink;
 const MAX_LINE: usize = 16 << 20;
 
 /// Serves one client on stdin/stdout until stdin closes.
-pub async fn run(vault: Arc<VaultLink>, cwd: PathBuf) -> std::io::Result<()> {
+pub async fn run(vault: Arc<VaultLink>, cwd: PathBuf, log_full: bool) -> std::io::Result<()> {
     if let Err(err) = vault.load().await {
         tracing::warn!(error = %err, "no routing configuration yet; calls fail until the vault answers");
     }
@@ -33,7 +33,7 @@ pub async fn run(vault: Arc<VaultLink>, cwd: PathBuf) -> std::io::Result<()> {
             }
         }
     });
-    let gateway = Gateway::new(vault, cwd, out_tx.clone());
+    let gateway = Gateway::new(vault, cwd, log_full, out_tx.clone());
     let mut stdin = BufReader::new(tokio::io::stdin());
     let mut line = Vec::new();
     let mut in_flight = tokio::task::JoinSet::new();

@@ -11,6 +11,7 @@ mod probe;
 mod proxy;
 mod proxy_http;
 mod proxy_lifecycle;
+mod proxy_protocol;
 mod release;
 mod secrets;
 mod seed;
