@@ -32,6 +32,19 @@ pub enum Command {
         #[arg(long)]
         log_full: bool,
     },
+    /// Serve MCP clients over streamable HTTP on loopback or a Unix socket.
+    Serve {
+        /// `127.0.0.1:PORT` (port 0: any free port), `[::1]:PORT`, or
+        /// `unix:PATH`. The endpoint is printed on stdout once listening.
+        #[arg(long, value_name = "ADDR")]
+        listen: crate::serve::Listen,
+        /// The directory that picks the workspace [default: the current one].
+        #[arg(long, value_name = "DIR")]
+        cwd: Option<PathBuf>,
+        /// Record every call's response in the audit log (redacted).
+        #[arg(long)]
+        log_full: bool,
+    },
     /// Explain which rule, server and scope a call of TOOL would use, and why.
     DryRun {
         /// The exposed tool name, `<namespace>__<tool>`.

@@ -17,6 +17,7 @@ pub mod gateway;
 pub mod http;
 pub mod redact;
 pub mod router;
+pub mod serve;
 pub mod stdio;
 pub mod vault;
 

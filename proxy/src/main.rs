@@ -36,6 +36,16 @@ fn main() -> ExitCode {
                     .await
                     .map_err(|e| e.to_string())
             }
+            Command::Serve {
+                listen,
+                cwd,
+                log_full,
+            } => {
+                let cwd = mcplexer_proxy::resolve_cwd(cwd)?;
+                mcplexer_proxy::serve::run(vault, cwd, log_full, listen)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
             Command::DryRun { tool, cwd } => {
                 let cwd = mcplexer_proxy::resolve_cwd(cwd)?;
                 mcplexer_proxy::dry_run(&vault, &tool, &cwd)

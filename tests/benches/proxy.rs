@@ -88,7 +88,9 @@ impl System {
     fn name(self) -> &'static str {
         match self {
             System::Direct => "direct: client → server-everything (baseline)",
-            System::Proxy => "proxy: client → mcplexer-proxy → server-everything, credential per call",
+            System::Proxy => {
+                "proxy: client → mcplexer-proxy → server-everything, credential per call"
+            }
             System::Control => "proxy, no credential (control)",
             System::Release => "vault GetCredential alone (component)",
         }
@@ -228,8 +230,8 @@ impl McpClient {
             )
             .await;
         let text = result["content"][0]["text"].as_str().unwrap_or_default();
-        if text.len() != "Echo: ".len() + MESSAGE.len() || result.get("isError") == Some(&true.into())
-        {
+        let is_error = result.get("isError").and_then(Value::as_bool) == Some(true);
+        if is_error || text.strip_prefix("Echo: ") != Some(MESSAGE) {
             self.fail(&format!("unexpected echo result: {result}"));
         }
     }
@@ -296,7 +298,7 @@ fn server_yaml(id: &str, namespace: &str, env: Option<(&str, &str)>) -> String {
         program.display()
     );
     if let Some((k, v)) = env {
-        write!(yaml, "    env: {{{k}: \"{v}\"}}\n").unwrap();
+        writeln!(yaml, "    env: {{{k}: \"{v}\"}}").unwrap();
     }
     yaml
 }
@@ -321,7 +323,11 @@ fn latency_config() -> String {
     let mut yaml = scope_yaml();
     yaml.push_str("downstream_servers:\n");
     yaml.push_str(&server_yaml("everything", "ev", None));
-    yaml.push_str(&server_yaml("nocred", "nc", Some((TOKEN_NAME, TOKEN_VALUE))));
+    yaml.push_str(&server_yaml(
+        "nocred",
+        "nc",
+        Some((TOKEN_NAME, TOKEN_VALUE)),
+    ));
     yaml.push_str("route_rules:\n");
     yaml.push_str(&rule_yaml("everything", "ev", "everything", Some(SCOPE)));
     yaml.push_str(&rule_yaml("nocred", "nc", "nocred", None));
@@ -334,7 +340,11 @@ fn memory_config() -> String {
     let mut yaml = scope_yaml();
     yaml.push_str("downstream_servers:\n");
     for i in 1..=DOWNSTREAMS {
-        yaml.push_str(&server_yaml(&format!("everything{i}"), &format!("ev{i}"), None));
+        yaml.push_str(&server_yaml(
+            &format!("everything{i}"),
+            &format!("ev{i}"),
+            None,
+        ));
     }
     yaml.push_str("route_rules:\n");
     for i in 1..=DOWNSTREAMS {
@@ -392,7 +402,11 @@ fn status_kb(pid: u32, field: &str) -> u64 {
 fn children_of(pid: u32) -> Vec<(u32, String)> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        let Some(child) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+        let Some(child) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
             continue;
         };
         let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
@@ -476,11 +490,7 @@ impl Pids {
             proxy: cpu_time(&self.proxy.to_string()),
             vault: cpu_time(&self.vault.to_string()),
             direct_server: cpu_time(&self.direct.to_string()),
-            proxied_servers: self
-                .proxied
-                .iter()
-                .map(|p| cpu_time(&p.to_string()))
-                .sum(),
+            proxied_servers: self.proxied.iter().map(|p| cpu_time(&p.to_string())).sum(),
             machine_busy: machine.busy,
             steal: machine.steal,
         }
@@ -815,7 +825,11 @@ fn render(setup: &Setup, l: &Latency, m: &MemoryPhase) -> String {
     let w = &mut out;
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     let mib = |kb: u64| kb as f64 / 1024.0;
-    writeln!(w, "### A tool call through the proxy vs the same call direct\n").unwrap();
+    writeln!(
+        w,
+        "### A tool call through the proxy vs the same call direct\n"
+    )
+    .unwrap();
     writeln!(
         w,
         "`tools/call` of `echo` (message {:?}) on server-everything; one MCP stdio client \
@@ -869,7 +883,11 @@ fn render(setup: &Setup, l: &Latency, m: &MemoryPhase) -> String {
             control,
             direct,
         ),
-        ("of which the credential fetch (proxy − control)", proxy, control),
+        (
+            "of which the credential fetch (proxy − control)",
+            proxy,
+            control,
+        ),
     ] {
         writeln!(
             w,
@@ -902,8 +920,7 @@ fn render(setup: &Setup, l: &Latency, m: &MemoryPhase) -> String {
         }
     )
     .unwrap();
-    let expected =
-        2 * l.proxied_with_credential + l.proxied_without + l.releases_direct;
+    let expected = 2 * l.proxied_with_credential + l.proxied_without + l.releases_direct;
     writeln!(
         w,
         "Audit: {} records added; expected {expected} = {} proxied calls with a credential \
@@ -946,9 +963,20 @@ fn render(setup: &Setup, l: &Latency, m: &MemoryPhase) -> String {
         mib(m.idle_rss_kb)
     )
     .unwrap();
-    writeln!(w, "| VmHWM (peak) with {} downstreams | {:.1} |", m.children.len(), mib(m.hwm_kb))
-        .unwrap();
-    writeln!(w, "| VmRSS with {} downstreams | {:.1} |", m.children.len(), mib(m.rss_kb)).unwrap();
+    writeln!(
+        w,
+        "| VmHWM (peak) with {} downstreams | {:.1} |",
+        m.children.len(),
+        mib(m.hwm_kb)
+    )
+    .unwrap();
+    writeln!(
+        w,
+        "| VmRSS with {} downstreams | {:.1} |",
+        m.children.len(),
+        mib(m.rss_kb)
+    )
+    .unwrap();
     writeln!(
         w,
         "\nDownstream children of the proxy: {} ({}), together VmRSS {:.1} MiB (not the proxy's). Proxy exit: {}.",

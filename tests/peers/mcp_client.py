@@ -3,6 +3,7 @@
 
 Usage:
     mcp_client.py --cwd DIR [--env K=V ...] [--mode MODE] -- COMMAND [ARGS...]
+    mcp_client.py --url URL [--mode MODE]      (a streamable-HTTP server)
 
 Starts COMMAND as an MCP server over stdio with the official Python SDK
 (``mcp`` 2.3.0: ``mcp.Client`` over ``mcp.StdioServerParameters``), in DIR and
@@ -67,7 +68,8 @@ def parse_args() -> argparse.Namespace:
         prog="mcp_client.py",
         description="Run a JSON script of MCP steps (stdin) against a stdio server.",
     )
-    parser.add_argument("--cwd", required=True, help="working directory of the server")
+    parser.add_argument("--cwd", help="working directory of the server")
+    parser.add_argument("--url", help="the endpoint of a streamable-HTTP server, instead of a command")
     parser.add_argument(
         "--env",
         action="append",
@@ -80,8 +82,10 @@ def parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     if args.command and args.command[0] == "--":
         args.command = args.command[1:]
-    if not args.command:
-        usage_error("missing -- COMMAND [ARGS...]")
+    if not args.command and not args.url:
+        usage_error("missing -- COMMAND [ARGS...] (or --url URL)")
+    if args.command and not args.cwd:
+        usage_error("--cwd is required with a command")
     env: dict[str, str] = {}
     for item in args.env:
         key, sep, value = item.partition("=")
@@ -187,9 +191,13 @@ def describe(exc: BaseException) -> str:
 
 
 async def main_async(args: argparse.Namespace, steps: list[dict[str, Any]], timeout: float) -> int:
-    params = StdioServerParameters(
-        command=args.command[0], args=args.command[1:], env=args.env, cwd=args.cwd
-    )
+    params: StdioServerParameters | str
+    if args.url:
+        params = args.url
+    else:
+        params = StdioServerParameters(
+            command=args.command[0], args=args.command[1:], env=args.env, cwd=args.cwd
+        )
     phase = "start"
     out: dict[str, Any] = {"protocol_version": None, "results": []}
     try:
@@ -235,7 +243,7 @@ def main() -> int:
         usage_error("MCP_CLIENT_TIMEOUT must be a number of seconds")
     if not (timeout > 0 and math.isfinite(timeout)):
         usage_error("MCP_CLIENT_TIMEOUT must be positive")
-    if not os.path.isdir(args.cwd):
+    if args.cwd is not None and not os.path.isdir(args.cwd):
         print(f"mcp_client.py: --cwd {args.cwd!r} is not a directory", file=sys.stderr)
         return 1
     isolate_environment()

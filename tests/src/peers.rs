@@ -53,6 +53,37 @@ pub fn python() -> PathBuf {
     python
 }
 
+/// Runs `tests/peers/mcp_client.py --url URL`: connects to a
+/// streamable-HTTP MCP endpoint, runs the steps of `script` in one session
+/// and returns the driver's JSON (see [`mcp_client`]).
+pub fn mcp_client_http(url: &str, script: &serde_json::Value) -> serde_json::Value {
+    let mut cmd = Command::new(python());
+    cmd.arg(peers_dir().join("mcp_client.py"))
+        .arg("--url")
+        .arg(url)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn mcp_client.py");
+    {
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin
+            .write_all(script.to_string().as_bytes())
+            .expect("write the script to mcp_client.py");
+    }
+    let out = child.wait_with_output().expect("wait for mcp_client.py");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "mcp_client.py failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        out.status
+    );
+    serde_json::from_str(&stdout).unwrap_or_else(|e| {
+        panic!("mcp_client.py printed no JSON ({e}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}")
+    })
+}
+
 /// Runs `tests/peers/mcp_client.py`: starts `command args` as an MCP stdio
 /// server in `cwd` with exactly the environment `env` (nothing inherited),
 /// runs the steps of `script` (see the driver's doc) in one session and

@@ -1,0 +1,347 @@
+//! The streamable-HTTP front end (`mcplexer-proxy serve`): one endpoint,
+//! `/mcp`, on loopback TCP or a Unix socket. POST carries one JSON-RPC
+//! message (a request is answered with `application/json`; a notification or
+//! response with 202); GET opens the session's event stream for the
+//! proxy's own notifications (list changes, progress); DELETE ends the
+//! session. Sessions are named by a random `Mcp-Session-Id`.
+//!
+//! Trust: every request is checked before it is read: a present `Origin`
+//! must be a loopback origin (403 otherwise, against DNS rebinding from a
+//! browser), on TCP the `Host` must be loopback too (421), and the session
+//! id must be one this process issued. The session id is a handle, not an
+//! authentication: what a session may reach is decided by the rules and by
+//! the vault, from the proxy's uid.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use serde_json::{Value, json};
+use tokio::sync::{Mutex, mpsc};
+
+use crate::gateway::{Gateway, SUPPORTED_VERSIONS};
+use crate::vault::VaultLink;
+
+/// The session header.
+const SESSION: &str = "mcp-session-id";
+/// The protocol version header.
+const PROTOCOL: &str = "mcp-protocol-version";
+/// The largest request body accepted (16 MiB).
+const MAX_BODY: usize = 16 << 20;
+
+/// Where to listen.
+#[derive(Clone, Debug)]
+pub enum Listen {
+    /// A loopback TCP address (`127.0.0.1:PORT`, port 0 for any).
+    Tcp(std::net::SocketAddr),
+    /// A Unix socket path.
+    Unix(PathBuf),
+}
+
+impl std::str::FromStr for Listen {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Some(path) = s.strip_prefix("unix:") {
+            return Ok(Self::Unix(PathBuf::from(path)));
+        }
+        let addr: std::net::SocketAddr = s
+            .parse()
+            .map_err(|_| format!("{s:?} is neither HOST:PORT nor unix:PATH"))?;
+        if !addr.ip().is_loopback() {
+            return Err(format!(
+                "{s} is not a loopback address; the proxy serves only 127.0.0.1, ::1 or a Unix socket"
+            ));
+        }
+        Ok(Self::Tcp(addr))
+    }
+}
+
+struct Session {
+    gateway: Arc<Gateway>,
+    /// The proxy's notifications for this client; held by its open stream.
+    notes: Arc<Mutex<mpsc::UnboundedReceiver<Value>>>,
+}
+
+struct Served {
+    vault: Arc<VaultLink>,
+    cwd: PathBuf,
+    log_full: bool,
+    tcp: bool,
+    sessions: Mutex<HashMap<String, Arc<Session>>>,
+}
+
+fn is_loopback_host(host: &str) -> bool {
+    let name = host.rsplit_once(':').map_or(host, |(name, port)| {
+        if port.chars().all(|c| c.is_ascii_digit()) {
+            name
+        } else {
+            host
+        }
+    });
+    matches!(name, "127.0.0.1" | "localhost" | "[::1]")
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    let body = json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32600, "message": message}});
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+/// A refusal: the status and the message of its JSON-RPC error body.
+type Refusal = (StatusCode, &'static str);
+
+/// Checks Origin, Host and the protocol version header.
+fn check(served: &Served, headers: &HeaderMap) -> Result<(), Refusal> {
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let origin = origin.to_str().unwrap_or_default();
+        let host = origin
+            .strip_prefix("http://")
+            .or_else(|| origin.strip_prefix("https://"))
+            .unwrap_or_default();
+        if !is_loopback_host(host) {
+            return Err((StatusCode::FORBIDDEN, "Origin not allowed"));
+        }
+    }
+    if served.tcp {
+        let host = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or_default();
+        if !is_loopback_host(host) {
+            return Err((StatusCode::MISDIRECTED_REQUEST, "Invalid Host header"));
+        }
+    }
+    if let Some(version) = headers.get(PROTOCOL) {
+        let version = version.to_str().unwrap_or_default();
+        if !SUPPORTED_VERSIONS.contains(&version) {
+            return Err((StatusCode::BAD_REQUEST, "unsupported MCP-Protocol-Version"));
+        }
+    }
+    Ok(())
+}
+
+async fn session_of(
+    served: &Served,
+    headers: &HeaderMap,
+) -> Result<(String, Arc<Session>), Refusal> {
+    let Some(id) = headers.get(SESSION).and_then(|v| v.to_str().ok()) else {
+        return Err((StatusCode::BAD_REQUEST, "Mcp-Session-Id header is required"));
+    };
+    match served.sessions.lock().await.get(id) {
+        Some(session) => Ok((id.to_owned(), session.clone())),
+        None => Err((StatusCode::NOT_FOUND, "Session not found")),
+    }
+}
+
+fn new_session_id() -> String {
+    let mut bytes = [0u8; 16];
+    // SAFETY: getrandom(2) writes at most `bytes.len()` bytes into the
+    // valid, writable buffer it is given.
+    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    if usize::try_from(n).ok() != Some(bytes.len()) {
+        // The kernel's CSPRNG is always available on supported kernels;
+        // refuse to mint a guessable id if it is not.
+        return String::new();
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+async fn post_message(
+    State(served): State<Arc<Served>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err((status, message)) = check(&served, &headers) {
+        return error(status, message);
+    }
+    if body.len() > MAX_BODY {
+        return error(StatusCode::PAYLOAD_TOO_LARGE, "message too large");
+    }
+    let message: Value = match serde_json::from_slice(&body) {
+        Ok(Value::Object(map)) => Value::Object(map),
+        Ok(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "send one JSON-RPC message per POST; batches are not supported",
+            );
+        }
+        Err(_) => {
+            let body = json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32700, "message": "parse error"}});
+            return (
+                StatusCode::BAD_REQUEST,
+                [(header::CONTENT_TYPE, "application/json")],
+                body.to_string(),
+            )
+                .into_response();
+        }
+    };
+    let initialize = message.get("method").and_then(Value::as_str) == Some("initialize");
+    let (id, session) = if initialize {
+        let id = new_session_id();
+        if id.is_empty() {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "no randomness for a session id",
+            );
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let session = Arc::new(Session {
+            gateway: Gateway::new(
+                served.vault.clone(),
+                served.cwd.clone(),
+                served.log_full,
+                tx,
+            ),
+            notes: Arc::new(Mutex::new(rx)),
+        });
+        served
+            .sessions
+            .lock()
+            .await
+            .insert(id.clone(), session.clone());
+        (id, session)
+    } else {
+        match session_of(&served, &headers).await {
+            Ok(found) => found,
+            Err((status, message)) => return error(status, message),
+        }
+    };
+    let Some(reply) = session.gateway.handle(message).await else {
+        return StatusCode::ACCEPTED.into_response();
+    };
+    let mut response = (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        reply.to_string(),
+    )
+        .into_response();
+    if initialize && let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(SESSION, value);
+    }
+    response
+}
+
+async fn open_stream(State(served): State<Arc<Served>>, headers: HeaderMap) -> Response {
+    if let Err((status, message)) = check(&served, &headers) {
+        return error(status, message);
+    }
+    let (_, session) = match session_of(&served, &headers).await {
+        Ok(found) => found,
+        Err((status, message)) => return error(status, message),
+    };
+    // One stream per session: it takes the session's notifications.
+    let Ok(mut notes) = session.notes.clone().try_lock_owned() else {
+        return error(StatusCode::CONFLICT, "the session's stream is already open");
+    };
+    let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(64);
+    tokio::spawn(async move {
+        while let Some(note) = notes.recv().await {
+            let event = format!("event: message\ndata: {note}\n\n");
+            if tx.send(Ok(Bytes::from(event))).await.is_err() {
+                break;
+            }
+        }
+    });
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx)),
+    )
+        .into_response()
+}
+
+async fn end_session(State(served): State<Arc<Served>>, headers: HeaderMap) -> Response {
+    if let Err((status, message)) = check(&served, &headers) {
+        return error(status, message);
+    }
+    let (id, session) = match session_of(&served, &headers).await {
+        Ok(found) => found,
+        Err((status, message)) => return error(status, message),
+    };
+    served.sessions.lock().await.remove(&id);
+    session.gateway.shutdown().await;
+    StatusCode::OK.into_response()
+}
+
+/// Serves clients until SIGTERM/SIGINT; prints the endpoint on stdout once
+/// listening (`http://127.0.0.1:PORT/mcp` or `unix:PATH`).
+pub async fn run(
+    vault: Arc<VaultLink>,
+    cwd: PathBuf,
+    log_full: bool,
+    listen: Listen,
+) -> std::io::Result<()> {
+    if let Err(err) = vault.load().await {
+        tracing::warn!(error = %err, "no routing configuration yet; calls fail until the vault answers");
+    }
+    tokio::spawn(vault.clone().follow());
+    let served = Arc::new(Served {
+        vault,
+        cwd,
+        log_full,
+        tcp: matches!(listen, Listen::Tcp(_)),
+        sessions: Mutex::new(HashMap::new()),
+    });
+    let app = Router::new()
+        .route(
+            "/mcp",
+            post(post_message).get(open_stream).delete(end_session),
+        )
+        .with_state(served.clone());
+    let shutdown = async {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    match listen {
+        Listen::Tcp(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr).await?;
+            println!("http://{}/mcp", listener.local_addr()?);
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await?;
+        }
+        Listen::Unix(path) => {
+            let listener = tokio::net::UnixListener::bind(&path)?;
+            println!("unix:{}", path.display());
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await?;
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+    let sessions: Vec<Arc<Session>> = served
+        .sessions
+        .lock()
+        .await
+        .drain()
+        .map(|(_, s)| s)
+        .collect();
+    for session in sessions {
+        session.gateway.shutdown().await;
+    }
+    Ok(())
+}

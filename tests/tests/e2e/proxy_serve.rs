@@ -1,0 +1,178 @@
+//! `mcplexer-proxy serve`: the streamable-HTTP front end, driven by the
+//! official Python client over HTTP, and by raw requests for the checks a
+//! browser-reachable local server must make.
+//!
+//! Proves: a client session over HTTP lists and calls routed tools with the
+//! injected credential; a foreign `Origin` is refused (403) and a foreign
+//! `Host` too (421); a request without a session id gets 400, an unknown one
+//! 404; DELETE ends the session.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+
+use mcplexer_tests::bin;
+use mcplexer_tests::peers::mcp_client_http;
+use serde_json::json;
+
+use crate::proxy::{FIRST, env_of, error_message, start};
+
+struct Served {
+    child: Child,
+    url: String,
+}
+
+impl Served {
+    fn start(socket: &std::path::Path) -> Self {
+        let mut child = Command::new(bin("mcplexer-proxy"))
+            .arg("--socket")
+            .arg(socket)
+            .args(["serve", "--listen", "127.0.0.1:0", "--cwd", "/tmp"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(line.starts_with("http://127.0.0.1:"), "{line:?}");
+        Self {
+            child,
+            url: line.trim().to_owned(),
+        }
+    }
+
+    /// One raw HTTP/1.1 request; returns the status line and the body.
+    fn raw(&self, method: &str, headers: &[(&str, &str)], body: &str) -> (String, String) {
+        let (status, _, body) = self.raw_full(method, headers, body);
+        (status, body)
+    }
+
+    /// One raw HTTP/1.1 request; returns the status line, the header block
+    /// and the body.
+    fn raw_full(
+        &self,
+        method: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> (String, String, String) {
+        let authority = self
+            .url
+            .trim_start_matches("http://")
+            .trim_end_matches("/mcp");
+        let mut stream = TcpStream::connect(authority).unwrap();
+        let mut request = format!(
+            "{method} /mcp HTTP/1.1\r\nConnection: close\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+            request.push_str(&format!("Host: {authority}\r\n"));
+        }
+        for (k, v) in headers {
+            request.push_str(&format!("{k}: {v}\r\n"));
+        }
+        request.push_str("\r\n");
+        request.push_str(body);
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        let status = response.lines().next().unwrap_or_default().to_owned();
+        let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+        (status, head.to_owned(), body.to_owned())
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#;
+
+#[test]
+fn http_clients_are_served_with_injected_credentials() {
+    let vault = start();
+    let served = Served::start(&vault.socket);
+    let out = mcp_client_http(
+        &served.url,
+        &json!([
+            {"op": "list_tools"},
+            {"op": "call", "name": "ev__get-env", "arguments": {}},
+            {"op": "call", "name": "ev__get-sum", "arguments": {"a": 1, "b": 2}},
+        ]),
+    );
+    let results = out["results"].as_array().unwrap();
+    let tools = results[0]["tools"].as_array().unwrap();
+    assert!(tools.contains(&json!("ev__get-env")), "{tools:?}");
+    assert_eq!(env_of(&results[1])["EV_TOKEN"], FIRST);
+    assert!(error_message(&results[2]).contains("denied by route rule no-sums"));
+}
+
+#[test]
+fn foreign_origins_hosts_and_sessions_are_refused() {
+    let vault = start();
+    let served = Served::start(&vault.socket);
+    let json_headers = [
+        ("Content-Type", "application/json"),
+        ("Accept", "application/json, text/event-stream"),
+    ];
+
+    let (status, _) = served.raw(
+        "POST",
+        &[json_headers[0], ("Origin", "http://evil.example")],
+        INIT,
+    );
+    assert!(status.contains(" 403 "), "{status}");
+    let (status, _) = served.raw(
+        "POST",
+        &[json_headers[0], ("Host", "evil.example:80")],
+        INIT,
+    );
+    assert!(status.contains(" 421 "), "{status}");
+    let ping = r#"{"jsonrpc":"2.0","id":2,"method":"ping"}"#;
+    let (status, _) = served.raw("POST", &json_headers, ping);
+    assert!(status.contains(" 400 "), "no session id: {status}");
+    let (status, body) = served.raw(
+        "POST",
+        &[json_headers[0], ("Mcp-Session-Id", "0123456789abcdef")],
+        ping,
+    );
+    assert!(
+        status.contains(" 404 ") && body.contains("Session not found"),
+        "{status} {body}"
+    );
+
+    // A loopback Origin is fine; the session then works until DELETE.
+    let authority = served.url.trim_end_matches("/mcp").to_owned();
+    let origin = [json_headers[0], ("Origin", authority.as_str())];
+    let (status, body) = served.raw("POST", &origin, INIT);
+    assert!(status.contains(" 200 "), "{status} {body}");
+    let (status, head, _) = served.raw_full("POST", &json_headers, INIT);
+    assert!(status.contains(" 200 "), "{status}");
+    let session = head
+        .lines()
+        .find_map(|l| l.strip_prefix("mcp-session-id: "))
+        .unwrap()
+        .trim()
+        .to_owned();
+    assert_eq!(session.len(), 32, "{session}");
+    let with_session = [json_headers[0], ("Mcp-Session-Id", session.as_str())];
+    let (status, body) = served.raw("POST", &with_session, ping);
+    assert!(
+        status.contains(" 200 ") && body.contains("\"result\":{}"),
+        "{status} {body}"
+    );
+    let (status, _) = served.raw("DELETE", &with_session, "");
+    assert!(status.contains(" 200 "), "{status}");
+    let (status, _) = served.raw("POST", &with_session, ping);
+    assert!(
+        status.contains(" 404 "),
+        "a deleted session still works: {status}"
+    );
+}
