@@ -77,6 +77,9 @@ impl Released {
     fn from_proto(mut c: pb::Credential) -> Self {
         // Moved, not copied, into zeroizing buffers; `scrub` repeats the
         // values, so it is wiped and dropped here and `values` serves both.
+        // The transport's receive buffer that prost decoded from is freed by
+        // tonic, not wiped: it is outside this process's reach, like the
+        // vault's own send buffer.
         for mut extra in std::mem::take(&mut c.scrub) {
             zeroize::Zeroize::zeroize(&mut extra);
         }
