@@ -298,28 +298,10 @@ impl Downstream {
 
     /// Lists every tool (all pages) and caches the list.
     pub async fn list_tools(&self, timeout: Duration) -> Result<Vec<Value>, DownstreamError> {
-        let mut tools = Vec::new();
-        let mut cursor: Option<Value> = None;
-        for _ in 0..MAX_PAGES {
-            let params = match &cursor {
-                Some(c) => json!({"cursor": c}),
-                None => json!({}),
-            };
-            let result = match self.request("tools/list", params, timeout).await? {
-                Ok(result) => result,
-                Err(error) => {
-                    tracing::warn!(server = %self.server_id, %error, "tools/list failed");
-                    break;
-                }
-            };
-            if let Some(list) = result.get("tools").and_then(Value::as_array) {
-                tools.extend(list.iter().cloned());
-            }
-            cursor = result.get("nextCursor").filter(|c| !c.is_null()).cloned();
-            if cursor.is_none() {
-                break;
-            }
-        }
+        let tools = all_tools(&self.server_id, |params| {
+            self.request("tools/list", params, timeout)
+        })
+        .await?;
         *self.tools.lock().await = Some(tools.clone());
         Ok(tools)
     }
@@ -347,6 +329,41 @@ impl Downstream {
             let _ = child.kill().await;
         }
     }
+}
+
+/// Reads every page of `tools/list` through `request` (at most
+/// [`MAX_PAGES`]); a JSON-RPC error ends the listing with what was read.
+pub(crate) async fn all_tools<F, Fut>(
+    server_id: &str,
+    mut request: F,
+) -> Result<Vec<Value>, DownstreamError>
+where
+    F: FnMut(Value) -> Fut,
+    Fut: std::future::Future<Output = Result<Result<Value, Value>, DownstreamError>>,
+{
+    let mut tools = Vec::new();
+    let mut cursor: Option<Value> = None;
+    for _ in 0..MAX_PAGES {
+        let params = match &cursor {
+            Some(c) => json!({"cursor": c}),
+            None => json!({}),
+        };
+        let result = match request(params).await? {
+            Ok(result) => result,
+            Err(error) => {
+                tracing::warn!(server = %server_id, %error, "tools/list failed");
+                break;
+            }
+        };
+        if let Some(list) = result.get("tools").and_then(Value::as_array) {
+            tools.extend(list.iter().cloned());
+        }
+        cursor = result.get("nextCursor").filter(|c| !c.is_null()).cloned();
+        if cursor.is_none() {
+            break;
+        }
+    }
+    Ok(tools)
 }
 
 async fn read_loop(

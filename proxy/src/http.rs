@@ -16,7 +16,7 @@ use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use serde_json::{Value, json};
 use tokio::sync::{Mutex, mpsc};
 
-use crate::downstream::{DOWNSTREAM_PROTOCOL, DownstreamError, Event};
+use crate::downstream::{DOWNSTREAM_PROTOCOL, DownstreamError, Event, all_tools};
 use crate::vault::Released;
 
 /// The session header (case-insensitive on the wire).
@@ -25,8 +25,6 @@ const SESSION: &str = "mcp-session-id";
 const PROTOCOL: &str = "mcp-protocol-version";
 /// The largest response body accepted (16 MiB).
 const MAX_BODY: usize = 16 << 20;
-/// Pages of `tools/list` read from one downstream at most.
-const MAX_PAGES: usize = 64;
 
 /// Why a POST did not produce an answer.
 enum PostError {
@@ -317,31 +315,10 @@ impl HttpDownstream {
         credential: Option<&Released>,
         timeout: Duration,
     ) -> Result<Vec<Value>, DownstreamError> {
-        let mut tools = Vec::new();
-        let mut cursor: Option<Value> = None;
-        for _ in 0..MAX_PAGES {
-            let params = match &cursor {
-                Some(c) => json!({"cursor": c}),
-                None => json!({}),
-            };
-            let result = match self
-                .request("tools/list", params, credential, timeout)
-                .await?
-            {
-                Ok(result) => result,
-                Err(error) => {
-                    tracing::warn!(server = %self.server_id, %error, "tools/list failed");
-                    break;
-                }
-            };
-            if let Some(list) = result.get("tools").and_then(Value::as_array) {
-                tools.extend(list.iter().cloned());
-            }
-            cursor = result.get("nextCursor").filter(|c| !c.is_null()).cloned();
-            if cursor.is_none() {
-                break;
-            }
-        }
+        let tools = all_tools(&self.server_id, |params| {
+            self.request("tools/list", params, credential, timeout)
+        })
+        .await?;
         *self.tools.lock().await = Some(tools.clone());
         Ok(tools)
     }

@@ -60,8 +60,15 @@ pub fn mcp_client_http(url: &str, script: &serde_json::Value) -> serde_json::Val
     let mut cmd = Command::new(python());
     cmd.arg(peers_dir().join("mcp_client.py"))
         .arg("--url")
-        .arg(url)
-        .stdin(Stdio::piped())
+        .arg(url);
+    run_driver(cmd, script)
+}
+
+/// Runs a prepared `mcp_client.py` command with `script` on stdin; returns
+/// its JSON, panicking with its stdout and stderr unless it exits 0 with
+/// JSON.
+fn run_driver(mut cmd: Command, script: &serde_json::Value) -> serde_json::Value {
+    cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("spawn mcp_client.py");
@@ -103,30 +110,8 @@ pub fn mcp_client(
     for (key, value) in env {
         cmd.arg("--env").arg(format!("{key}={value}"));
     }
-    cmd.arg("--")
-        .arg(command)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("spawn mcp_client.py");
-    {
-        let mut stdin = child.stdin.take().expect("stdin");
-        stdin
-            .write_all(script.to_string().as_bytes())
-            .expect("write the script to mcp_client.py");
-    }
-    let out = child.wait_with_output().expect("wait for mcp_client.py");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "mcp_client.py failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
-        out.status
-    );
-    serde_json::from_str(&stdout).unwrap_or_else(|e| {
-        panic!("mcp_client.py printed no JSON ({e}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}")
-    })
+    cmd.arg("--").arg(command).args(args);
+    run_driver(cmd, script)
 }
 
 /// How long `tests/peers/header_server.py` may take to print its URL.
