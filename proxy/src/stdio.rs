@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 
 use crate::gateway::Gateway;
@@ -23,7 +23,7 @@ pub async fn run(vault: Arc<VaultLink>, cwd: PathBuf, log_full: bool) -> std::io
     tokio::spawn(vault.clone().follow());
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Value>();
     let writer = tokio::spawn(async move {
-        let mut stdout = tokio::io::stdout();
+        let mut stdout = output();
         while let Some(message) = out_rx.recv().await {
             // serde_json escapes newlines inside strings: one message, one line.
             let mut line = message.to_string();
@@ -34,7 +34,7 @@ pub async fn run(vault: Arc<VaultLink>, cwd: PathBuf, log_full: bool) -> std::io
         }
     });
     let gateway = Gateway::new(vault, cwd, log_full, out_tx.clone());
-    let mut stdin = BufReader::new(tokio::io::stdin());
+    let mut stdin = BufReader::new(input());
     let mut line = Vec::new();
     let mut in_flight = tokio::task::JoinSet::new();
     loop {
@@ -88,6 +88,39 @@ pub async fn run(vault: Arc<VaultLink>, cwd: PathBuf, log_full: bool) -> std::io
     drop(out_tx);
     let _ = writer.await;
     Ok(())
+}
+
+/// Standard input. A pipe (what MCP clients give) is read through the
+/// runtime's event loop; anything else (a terminal, a file) through tokio's
+/// blocking reader. The event loop saves a thread hand-off on every message.
+fn input() -> Box<dyn AsyncRead + Unpin + Send> {
+    use std::os::fd::AsFd;
+    // `from_owned_fd` accepts only a FIFO and makes the descriptor
+    // non-blocking; children never inherit our stdin (theirs are piped).
+    let pipe = std::io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .ok()
+        .and_then(|fd| tokio::net::unix::pipe::Receiver::from_owned_fd(fd).ok());
+    match pipe {
+        Some(pipe) => Box::new(pipe),
+        None => Box::new(tokio::io::stdin()),
+    }
+}
+
+/// Standard output, as [`input`]: a pipe through the event loop, anything
+/// else through tokio's blocking writer.
+fn output() -> Box<dyn AsyncWrite + Unpin + Send> {
+    use std::os::fd::AsFd;
+    let pipe = std::io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .ok()
+        .and_then(|fd| tokio::net::unix::pipe::Sender::from_owned_fd(fd).ok());
+    match pipe {
+        Some(pipe) => Box::new(pipe),
+        None => Box::new(tokio::io::stdout()),
+    }
 }
 
 fn error(code: i64, message: &str) -> Value {

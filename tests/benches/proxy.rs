@@ -22,8 +22,10 @@
 //! As a component it also times `Vault/GetCredential` made by this process
 //! itself, as the proxy makes it. After a warm-up of each, blocks of calls
 //! of the systems alternate; the report gives p50, p99 and calls/s of each,
-//! the added latency (proxy − direct), the CPU per call of client, proxy,
-//! vault and server, and how much CPU other processes took meanwhile.
+//! the added latency (proxy − direct), the CPU time and thread runs per call
+//! of client, proxy, vault and server (from /proc/PID/task/*/schedstat, by
+//! thread name for the proxy and the vault), the audit records added, and
+//! how much CPU other processes took meanwhile (a busy machine says so).
 //!
 //! A second phase applies five stdio servers (server-everything each, with
 //! namespaces ev1..ev5 and a rule each), starts a fresh proxy, makes it start
@@ -41,6 +43,7 @@
 // harness: unwrap/expect are the intended error handling here.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -87,10 +90,8 @@ const SYSTEMS: [System; 4] = [
 impl System {
     fn name(self) -> &'static str {
         match self {
-            System::Direct => "direct: client → server-everything (baseline)",
-            System::Proxy => {
-                "proxy: client → mcplexer-proxy → server-everything, credential per call"
-            }
+            System::Direct => "direct (baseline)",
+            System::Proxy => "proxy, credential per call",
             System::Control => "proxy, no credential (control)",
             System::Release => "vault GetCredential alone (component)",
         }
@@ -363,23 +364,99 @@ fn apply(vault: &Vault, name: &str, yaml: &str) {
     vault.ctl([Path::new("apply"), Path::new("-f"), &file]).ok();
 }
 
-// ---- /proc helpers (as in benches/release.rs) ----
+// ---- /proc helpers (the /proc/stat ones as in benches/release.rs) ----
 
-/// CPU time (user + system) of a process so far, from /proc/PID/stat.
-fn cpu_time(pid: &str) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read stat");
-    ticks(&stat)
+/// CPU time and scheduling count of a process.
+#[derive(Clone, Copy, Default)]
+struct Usage {
+    cpu: Duration,
+    /// Times its threads were scheduled in: about one per wake-up.
+    runs: u64,
 }
 
-/// utime + stime of a `/proc/.../stat` line.
-fn ticks(stat: &str) -> Duration {
-    // The command name may hold spaces: fields are counted after its ')'.
-    let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 here.
-    let t: u64 =
-        fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
-    Duration::from_nanos(t * 1_000_000_000 / clock_ticks())
+impl std::ops::Add for Usage {
+    type Output = Usage;
+    fn add(self, o: Usage) -> Usage {
+        Usage {
+            cpu: self.cpu + o.cpu,
+            runs: self.runs + o.runs,
+        }
+    }
+}
+
+impl std::ops::Sub for Usage {
+    type Output = Usage;
+    fn sub(self, o: Usage) -> Usage {
+        Usage {
+            cpu: self.cpu.saturating_sub(o.cpu),
+            runs: self.runs.saturating_sub(o.runs),
+        }
+    }
+}
+
+/// CPU time (ns precision, unlike the tick counts of /proc/PID/stat) and
+/// run count of every live thread of `pid`, from
+/// /proc/PID/task/*/{schedstat,comm}, summed by thread name; also the
+/// thread ids seen.
+fn usage(pid: &str) -> (BTreeMap<String, Usage>, Vec<u32>) {
+    let mut by_name: BTreeMap<String, Usage> = BTreeMap::new();
+    let mut tids = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("tasks")
+        .flatten()
+    {
+        let (Ok(text), Ok(name)) = (
+            std::fs::read_to_string(entry.path().join("schedstat")),
+            std::fs::read_to_string(entry.path().join("comm")),
+        ) else {
+            continue; // the thread exited meanwhile
+        };
+        let mut fields = text
+            .split_whitespace()
+            .map(|f| f.parse::<u64>().expect("schedstat"));
+        let (Some(ns), Some(_wait), Some(runs)) = (fields.next(), fields.next(), fields.next())
+        else {
+            panic!("schedstat format: {text:?}");
+        };
+        let slot = by_name.entry(name.trim_end().to_owned()).or_default();
+        *slot = *slot
+            + Usage {
+                cpu: Duration::from_nanos(ns),
+                runs,
+            };
+        if let Some(tid) = entry.file_name().to_str().and_then(|t| t.parse().ok()) {
+            tids.push(tid);
+        }
+    }
+    (by_name, tids)
+}
+
+fn total(by_name: &BTreeMap<String, Usage>) -> Usage {
+    by_name.values().fold(Usage::default(), |a, &b| a + b)
+}
+
+/// `after − before`, name by name.
+fn delta(
+    before: &BTreeMap<String, Usage>,
+    after: &BTreeMap<String, Usage>,
+) -> BTreeMap<String, Usage> {
+    after
+        .iter()
+        .map(|(name, &a)| {
+            (
+                name.clone(),
+                a - before.get(name).copied().unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+/// Adds `more` into `into`, name by name.
+fn accumulate(into: &mut BTreeMap<String, Usage>, more: BTreeMap<String, Usage>) {
+    for (name, u) in more {
+        let slot = into.entry(name).or_default();
+        *slot = *slot + u;
+    }
 }
 
 fn clock_ticks() -> u64 {
@@ -461,17 +538,31 @@ fn load_average() -> String {
 
 // ---- the latency phase ----
 
-/// CPU times of every process of the run at one instant.
-#[derive(Clone, Copy)]
+/// CPU use of every process of the run at one instant.
+#[derive(Clone)]
 struct Cpu {
-    client: Duration,
-    proxy: Duration,
-    vault: Duration,
-    /// server-everything: the direct child plus the proxy's children.
-    direct_server: Duration,
-    proxied_servers: Duration,
+    client: Usage,
+    /// The proxy's and the vault's threads, by name.
+    proxy: BTreeMap<String, Usage>,
+    vault: BTreeMap<String, Usage>,
+    /// server-everything: the direct child, and the proxy's children.
+    direct_server: Usage,
+    proxied_servers: Usage,
     machine_busy: Duration,
     steal: Duration,
+    /// Every thread id seen, to notice threads that exit mid-block (their
+    /// CPU time would be lost).
+    tids: Vec<u32>,
+}
+
+impl Cpu {
+    fn ours(&self) -> Usage {
+        self.client
+            + total(&self.proxy)
+            + total(&self.vault)
+            + self.direct_server
+            + self.proxied_servers
+    }
 }
 
 /// The pids CPU is read from.
@@ -485,14 +576,31 @@ struct Pids {
 impl Pids {
     fn cpu(&self) -> Cpu {
         let machine = machine_cpu();
+        let mut tids = Vec::new();
+        let mut read = |pid: &str| {
+            let (u, t) = usage(pid);
+            tids.extend(t);
+            u
+        };
+        let proxy = read(&self.proxy.to_string());
+        let vault = read(&self.vault.to_string());
+        let direct_server = total(&read(&self.direct.to_string()));
+        let proxied_servers = self
+            .proxied
+            .iter()
+            .map(|p| total(&read(&p.to_string())))
+            .fold(Usage::default(), |a, b| a + b);
+        let client = total(&read("self"));
+        tids.sort_unstable();
         Cpu {
-            client: cpu_time("self"),
-            proxy: cpu_time(&self.proxy.to_string()),
-            vault: cpu_time(&self.vault.to_string()),
-            direct_server: cpu_time(&self.direct.to_string()),
-            proxied_servers: self.proxied.iter().map(|p| cpu_time(&p.to_string())).sum(),
+            client,
+            proxy,
+            vault,
+            direct_server,
+            proxied_servers,
             machine_busy: machine.busy,
             steal: machine.steal,
+            tids,
         }
     }
 }
@@ -503,10 +611,10 @@ struct Tally {
     latencies: Vec<u32>,
     warmup: usize,
     wall: Duration,
-    client: Duration,
-    proxy: Duration,
-    vault: Duration,
-    server: Duration,
+    client: Usage,
+    proxy: BTreeMap<String, Usage>,
+    vault: BTreeMap<String, Usage>,
+    server: Usage,
 }
 
 /// One measured system, summarised.
@@ -520,6 +628,11 @@ struct Row {
     proxy_us: f64,
     vault_us: f64,
     server_us: Option<f64>,
+    /// Threads scheduled in per call, all processes of the run.
+    runs: f64,
+    /// CPU µs and thread runs per call of the proxy's and the vault's
+    /// threads, by `proxy: NAME` / `vault: NAME`.
+    threads: Vec<(String, f64, f64)>,
 }
 
 impl Tally {
@@ -530,7 +643,13 @@ impl Tally {
             let rank = ((p * n as f64).ceil() as usize).clamp(1, n);
             f64::from(self.latencies[rank - 1]) / 1000.0
         };
-        let per_call = |d: Duration| d.as_secs_f64() * 1e6 / n as f64;
+        let per_call = |u: Usage| u.cpu.as_secs_f64() * 1e6 / n as f64;
+        let runs = |u: Usage| u.runs as f64 / n as f64;
+        let all = self.client + total(&self.proxy) + total(&self.vault) + self.server;
+        let threads = (self.proxy.iter().map(|(k, &u)| (format!("proxy: {k}"), u)))
+            .chain(self.vault.iter().map(|(k, &u)| (format!("vault: {k}"), u)))
+            .map(|(k, u)| (k, per_call(u), runs(u)))
+            .collect();
         Row {
             system,
             calls: n,
@@ -538,9 +657,11 @@ impl Tally {
             p99_us: pct(0.99),
             per_sec: n as f64 / self.wall.as_secs_f64(),
             client_us: per_call(self.client),
-            proxy_us: per_call(self.proxy),
-            vault_us: per_call(self.vault),
+            proxy_us: per_call(total(&self.proxy)),
+            vault_us: per_call(total(&self.vault)),
             server_us: (system != System::Release).then(|| per_call(self.server)),
+            runs: runs(all),
+            threads,
         }
     }
 }
@@ -587,6 +708,8 @@ struct Latency {
     proxy_rss_kb: u64,
     proxy_children: usize,
     proxy_exit: ExitStatus,
+    /// Threads that exited during a block: their CPU time is missing.
+    exited_threads: usize,
 }
 
 async fn latency_phase(vault: &Vault, warmup: usize, calls: usize, block: usize) -> Latency {
@@ -632,8 +755,8 @@ async fn latency_phase(vault: &Vault, warmup: usize, calls: usize, block: usize)
         }
         tallies[i].warmup = warmup;
     }
-    let mut proxied: Vec<u32> = children_of(s.proxy.pid()).iter().map(|c| c.0).collect();
-    proxied.sort_unstable();
+    let proxied: Vec<u32> = children_of(s.proxy.pid()).iter().map(|c| c.0).collect();
+    assert_eq!(proxied.len(), 2, "the proxy's downstream children");
     let pids = Pids {
         vault: vault.pid(),
         proxy: s.proxy.pid(),
@@ -643,6 +766,7 @@ async fn latency_phase(vault: &Vault, warmup: usize, calls: usize, block: usize)
 
     let started = Instant::now();
     let first = pids.cpu();
+    let mut exited_threads = 0;
     let mut done = 0;
     while done < calls {
         let n = block.min(calls - done);
@@ -658,21 +782,26 @@ async fn latency_phase(vault: &Vault, warmup: usize, calls: usize, block: usize)
             }
             tally.wall += t0.elapsed();
             let c1 = pids.cpu();
-            tally.client += c1.client - c0.client;
-            tally.proxy += c1.proxy - c0.proxy;
-            tally.vault += c1.vault - c0.vault;
-            tally.server += match system {
-                System::Direct => c1.direct_server - c0.direct_server,
-                _ => c1.proxied_servers - c0.proxied_servers,
-            };
+            tally.client = tally.client + (c1.client - c0.client);
+            accumulate(&mut tally.proxy, delta(&c0.proxy, &c1.proxy));
+            accumulate(&mut tally.vault, delta(&c0.vault, &c1.vault));
+            tally.server = tally.server
+                + match system {
+                    System::Direct => c1.direct_server - c0.direct_server,
+                    _ => c1.proxied_servers - c0.proxied_servers,
+                };
+            exited_threads += c0
+                .tids
+                .iter()
+                .filter(|t| c1.tids.binary_search(t).is_err())
+                .count();
         }
         done += n;
     }
     let last = pids.cpu();
     let took = started.elapsed();
-    let ours = |c: &Cpu| c.client + c.proxy + c.vault + c.direct_server + c.proxied_servers;
     let foreign = (last.machine_busy.saturating_sub(first.machine_busy))
-        .saturating_sub(ours(&last) - ours(&first));
+        .saturating_sub((last.ours() - first.ours()).cpu);
     let steal = last.steal.saturating_sub(first.steal);
 
     let proxy_pid = s.proxy.pid();
@@ -709,6 +838,7 @@ async fn latency_phase(vault: &Vault, warmup: usize, calls: usize, block: usize)
         proxy_rss_kb,
         proxy_children,
         proxy_exit,
+        exited_threads,
     }
 }
 
@@ -836,6 +966,13 @@ fn render(setup: &Setup, l: &Latency, m: &MemoryPhase) -> String {
          (tokio current-thread), sequential calls; {cpus} CPUs. {} warm-up calls per system, \
          then {} measured calls per system in alternating blocks of {} \
          ({:.1} s measured, {:.0} s in all with the memory phase). \
+         Direct: the client spawns `node …/dist/index.js stdio` with {TOKEN_NAME} set. \
+         Proxy: the client spawns `mcplexer-proxy --socket <vault socket> stdio` and calls \
+         `ev__echo`; each call is a GetCredential release, then the forward, then an \
+         audit record sent asynchronously. Control: the same proxy, `nc__echo`, a rule \
+         without a scope (no vault round trip; same variable from the server's env). \
+         Component: GetCredential from the client process itself. CPU is per process \
+         from /proc/PID/task/*/schedstat; server = server-everything. \
          Load average before the run: {}.\n",
         MESSAGE,
         setup.warmup,
@@ -848,15 +985,16 @@ fn render(setup: &Setup, l: &Latency, m: &MemoryPhase) -> String {
     .unwrap();
     writeln!(
         w,
-        "| system | calls | p50 µs | p99 µs | calls/s | client CPU µs/call | proxy CPU µs/call | vault CPU µs/call | server CPU µs/call |"
+        "| system | calls | p50 µs | p99 µs | calls/s | client CPU µs/call | proxy CPU µs/call | vault CPU µs/call | server CPU µs/call | all CPU µs/call | thread runs/call |"
     )
     .unwrap();
-    writeln!(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|").unwrap();
+    writeln!(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|").unwrap();
     for r in &l.rows {
         let server = r.server_us.map_or("–".to_owned(), |s| format!("{s:.1}"));
+        let all = r.client_us + r.proxy_us + r.vault_us + r.server_us.unwrap_or(0.0);
         writeln!(
             w,
-            "| {} | {} | {:.1} | {:.1} | {:.0} | {:.1} | {:.1} | {:.1} | {server} |",
+            "| {} | {} | {:.1} | {:.1} | {:.0} | {:.1} | {:.1} | {:.1} | {server} | {all:.1} | {:.2} |",
             r.system.name(),
             r.calls,
             r.p50_us,
@@ -864,7 +1002,8 @@ fn render(setup: &Setup, l: &Latency, m: &MemoryPhase) -> String {
             r.per_sec,
             r.client_us,
             r.proxy_us,
-            r.vault_us
+            r.vault_us,
+            r.runs
         )
         .unwrap();
     }
@@ -904,6 +1043,40 @@ fn render(setup: &Setup, l: &Latency, m: &MemoryPhase) -> String {
     )
     .unwrap();
 
+    // Where the proxy's and the vault's CPU goes, by thread name.
+    let mut names: Vec<&str> = l
+        .rows
+        .iter()
+        .flat_map(|r| r.threads.iter().map(|(n, _, _)| n.as_str()))
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    write!(
+        w,
+        "\nProxy and vault CPU µs / thread runs per call, by thread name:\n\n| system |"
+    )
+    .unwrap();
+    for name in &names {
+        write!(w, " {name} |").unwrap();
+    }
+    write!(w, "\n|---|").unwrap();
+    for _ in &names {
+        write!(w, "---:|").unwrap();
+    }
+    writeln!(w).unwrap();
+    for r in &l.rows {
+        write!(w, "| {} |", r.system.name()).unwrap();
+        for name in &names {
+            let (t, n) = r
+                .threads
+                .iter()
+                .find(|(n, _, _)| n == name)
+                .map_or((0.0, 0.0), |(_, t, n)| (*t, *n));
+            write!(w, " {t:.1} / {n:.2} |").unwrap();
+        }
+        writeln!(w).unwrap();
+    }
+
     let cpus_f = cpus.max(1) as f64;
     let measured = l.took.as_secs_f64();
     writeln!(
@@ -920,6 +1093,14 @@ fn render(setup: &Setup, l: &Latency, m: &MemoryPhase) -> String {
         }
     )
     .unwrap();
+    if l.exited_threads > 0 {
+        writeln!(
+            w,
+            "{} thread(s) exited during a block: their CPU time is missing from the tables.",
+            l.exited_threads
+        )
+        .unwrap();
+    }
     let expected = 2 * l.proxied_with_credential + l.proxied_without + l.releases_direct;
     writeln!(
         w,
@@ -939,7 +1120,7 @@ fn render(setup: &Setup, l: &Latency, m: &MemoryPhase) -> String {
     .unwrap();
     writeln!(
         w,
-        "Latency-phase proxy: VmHWM {:.1} MiB, VmRSS {:.1} MiB with {} downstream children; exit {}.",
+        "Latency-phase proxy: VmHWM {:.1} MiB, VmRSS {:.1} MiB with {} downstream children; it ended with {}.",
         mib(l.proxy_hwm_kb),
         mib(l.proxy_rss_kb),
         l.proxy_children,
@@ -979,7 +1160,7 @@ fn render(setup: &Setup, l: &Latency, m: &MemoryPhase) -> String {
     .unwrap();
     writeln!(
         w,
-        "\nDownstream children of the proxy: {} ({}), together VmRSS {:.1} MiB (not the proxy's). Proxy exit: {}.",
+        "\nDownstream children of the proxy: {} ({}), together VmRSS {:.1} MiB (not the proxy's). The proxy ended with {}.",
         m.children.len(),
         names.join(", "),
         mib(m.children_rss_kb),

@@ -23,7 +23,6 @@ use crate::authz::Caller;
 use crate::clock::now_ms;
 use crate::error::{Result, VaultError};
 use crate::model::{self, ScopeType, enum_name, transport_compatible};
-use crate::store::Durability;
 use crate::vault::SecretMap;
 
 /// A scope's decrypted values at one version. No `Debug`.
@@ -174,19 +173,22 @@ impl VaultService {
         status: &str,
         error: String,
     ) -> Result<()> {
-        self.shared.journal.append(pb::AuditRecord {
-            time_ms: now_ms(),
-            uid: caller.uid(),
-            pid: caller.peer.pid,
-            kind: "release".into(),
-            tool: req.tool.clone(),
-            route_rule_id: req.route_rule_id.clone(),
-            downstream_server_id: req.downstream_server_id.clone(),
-            auth_scope_id: req.auth_scope_id.clone(),
-            status: status.into(),
-            error,
-            ..Default::default()
-        })
+        self.shared
+            .journal
+            .append(pb::AuditRecord {
+                time_ms: now_ms(),
+                uid: caller.uid(),
+                pid: caller.peer.pid,
+                kind: "release".into(),
+                tool: req.tool.clone(),
+                route_rule_id: req.route_rule_id.clone(),
+                downstream_server_id: req.downstream_server_id.clone(),
+                auth_scope_id: req.auth_scope_id.clone(),
+                status: status.into(),
+                error,
+                ..Default::default()
+            })
+            .map(|_| ())
     }
 }
 
@@ -313,11 +315,9 @@ impl Vault for VaultService {
             response: cap(r.response, BODY),
             action: String::new(),
         };
-        let id = self
-            .shared
-            .store
-            .write_with(Durability::Process, move |ctx| ctx.insert_audit(record))
-            .await?;
-        Ok(Response::new(pb::SubmitAuditResponse { id }))
+        // Journalled like a release: durable against a crash of the vault
+        // once appended, and ingested into the audit table in batches.
+        let sequence = self.shared.journal.append(record)?;
+        Ok(Response::new(pb::SubmitAuditResponse { sequence }))
     }
 }

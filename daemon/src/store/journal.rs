@@ -163,11 +163,13 @@ impl AuditJournal {
         Ok(journal)
     }
 
-    /// Appends a record (time, uid and pid stamped by the caller). When this
-    /// returns `Ok`, the record survives a crash of the daemon.
-    pub fn append(&self, mut record: pb::AuditRecord) -> Result<()> {
+    /// Appends a record (time, uid and pid stamped by the caller); returns
+    /// its journal sequence number. When this returns `Ok`, the record
+    /// survives a crash of the daemon.
+    pub fn append(&self, mut record: pb::AuditRecord) -> Result<u64> {
         let mut state = self.0.state.lock().unwrap_or_else(PoisonError::into_inner);
         record.id = state.next_seq;
+        let record_seq = record.id;
         let bytes = frame(&record);
         state
             .file
@@ -181,7 +183,7 @@ impl AuditJournal {
         if first {
             self.0.wake.notify_one();
         }
-        Ok(())
+        Ok(record_seq)
     }
 
     /// Moves every appended record into the audit table now.

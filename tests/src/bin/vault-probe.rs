@@ -163,7 +163,7 @@ async fn run(socket: PathBuf, command: Command) -> Result<Value, Failure> {
                 .await
                 .map_err(Failure::Status)?
                 .into_inner();
-            Ok(json!({"pid": pid, "id": response.id}))
+            Ok(json!({"pid": pid, "sequence": response.sequence}))
         }
     }
 }
