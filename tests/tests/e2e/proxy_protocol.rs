@@ -3,7 +3,8 @@
 //! relayed under the client's token and never after completion; a call
 //! cancelled by the client gets no response, the downstream is told, and the
 //! session goes on; full logging records the redacted response; malformed
-//! input gets JSON-RPC errors and the session survives.
+//! input gets JSON-RPC errors and the session survives; the proxy's own log
+//! (at debug level) never holds a released value.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -20,6 +21,8 @@ struct RawClient {
     stdout: BufReader<ChildStdout>,
     /// Every message read so far.
     seen: Vec<Value>,
+    /// The proxy's log (its stderr, at debug level), read to the end.
+    log: std::thread::JoinHandle<String>,
 }
 
 impl RawClient {
@@ -32,11 +35,18 @@ impl RawClient {
             .current_dir("/tmp")
             .env_clear()
             .env("PATH", format!("{node_dir}:/usr/bin:/bin"))
+            .env("MCPLEXER_LOG", "debug")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
+        let mut stderr = child.stderr.take().unwrap();
+        let log = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+            text
+        });
         let stdin = child.stdin.take();
         let stdout = BufReader::new(child.stdout.take().unwrap());
         let mut client = Self {
@@ -44,6 +54,7 @@ impl RawClient {
             stdin,
             stdout,
             seen: Vec::new(),
+            log,
         };
         client.send_line(r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#);
         let init = client.until(|m| m["id"] == 0);
@@ -77,8 +88,9 @@ impl RawClient {
         }
     }
 
-    /// Closes stdin and reads everything until the proxy exits.
-    fn finish(mut self) -> Vec<Value> {
+    /// Closes stdin and reads everything until the proxy exits; returns
+    /// every message and the proxy's log.
+    fn finish(mut self) -> (Vec<Value>, String) {
         drop(self.stdin.take());
         let mut rest = String::new();
         while self.stdout.read_line(&mut rest).unwrap() > 0 {
@@ -86,7 +98,7 @@ impl RawClient {
             rest.clear();
         }
         assert!(self.child.wait().unwrap().success());
-        self.seen
+        (self.seen, self.log.join().unwrap())
     }
 }
 
@@ -167,7 +179,15 @@ fn progress_is_relayed_and_a_cancelled_call_gets_no_response() {
         "Echo: after cancel protocol-token-3e9"
     );
 
-    let seen = client.finish();
+    let (seen, log) = client.finish();
+    assert!(
+        log.contains("DEBUG") || log.contains("INFO"),
+        "the proxy logged nothing: {log}"
+    );
+    assert!(
+        !log.contains("protocol-token-3e9"),
+        "a released value reached the proxy's log"
+    );
     assert!(
         !seen.iter().any(|m| m["id"] == "7"),
         "a cancelled request was answered: {seen:#?}"
@@ -237,5 +257,6 @@ fn malformed_input_gets_json_rpc_errors_and_the_session_survives() {
     client.send(json!({"jsonrpc": "2.0", "id": 5, "method": "ping"}));
     let pong = client.until(|m| m["id"] == 5);
     assert_eq!(pong["result"], json!({}));
-    client.finish();
+    let (_, log) = client.finish();
+    assert!(!log.contains("protocol-token-3e9"));
 }
