@@ -118,7 +118,11 @@ async def serve(args: argparse.Namespace) -> None:
         host=HOST,  # keeps the SDK's loopback Host/Origin checks
     )
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind((HOST, 0))
+    # --port N re-binds the port of a server that was stopped (a test that
+    # restarts the server under a client): allow it while old connections
+    # linger in TIME_WAIT.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((HOST, args.port))
     port = sock.getsockname()[1]
     config = uvicorn.Config(
         app,
@@ -144,6 +148,12 @@ def main() -> int:
         "--json-response",
         action="store_true",
         help="answer POSTs with application/json instead of an SSE stream",
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=0,
+        help="the port to listen on (default: one the OS picks)",
     )
     parser.add_argument(
         "--stateless",

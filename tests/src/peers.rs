@@ -141,10 +141,18 @@ impl HeaderServer {
     /// body instead of the SDK's default `text/event-stream`. Panics with the
     /// server's stderr if it exits, or stays silent for a minute, first.
     pub fn start(json_response: bool) -> HeaderServer {
+        Self::start_on(json_response, 0)
+    }
+
+    /// Like [`HeaderServer::start`], on `port` (0: one the OS picks); a
+    /// test restarts a server on its old port this way.
+    pub fn start_on(json_response: bool, port: u16) -> HeaderServer {
         use std::io::BufRead as _;
 
         let mut cmd = Command::new(python());
-        cmd.arg(peers_dir().join("header_server.py"));
+        cmd.arg(peers_dir().join("header_server.py"))
+            .arg("--port")
+            .arg(port.to_string());
         if json_response {
             cmd.arg("--json-response");
         }

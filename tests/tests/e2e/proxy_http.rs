@@ -18,6 +18,7 @@ use mcplexer_tests::{Vault, bin};
 use serde_json::{Value, json};
 
 use crate::proxy::{error_message, through_proxy_in};
+use crate::proxy_lifecycle::{fifo, rendezvous, rendezvous_step};
 
 fn text(result: &Value) -> &str {
     result["text"][0]
@@ -170,4 +171,59 @@ route_rules:
     );
     assert!(error_message(&results[1]).contains("denied by route rule deny-echo"));
     assert!(error_message(&results[2]).contains("no route rule allows tool hdr__show_headers"));
+}
+
+/// A server that forgets the session (here: restarted on the same port)
+/// answers 404; the proxy opens a new session and the call succeeds, in the
+/// same client session.
+#[test]
+fn a_forgotten_http_session_is_reestablished() {
+    let server = HeaderServer::start(false);
+    let port: u16 = server
+        .url
+        .trim_start_matches("http://127.0.0.1:")
+        .trim_end_matches("/mcp")
+        .parse()
+        .unwrap();
+    let vault = Vault::start();
+    let doc = format!(
+        r#"
+auth_scopes:
+  - {{id: api-key, name: API key, type: header}}
+downstream_servers:
+  - {{id: hdr, name: Headers, transport: http, url: "{}", tool_namespace: hdr}}
+route_rules:
+  - {{name: hdr, tool_match: ["hdr__*"], downstream_server_id: hdr, auth_scope_id: api-key}}
+"#,
+        server.url
+    );
+    let path = vault.write_file("http-404.yaml", &doc);
+    vault.ctl(["apply", "-f", path.to_str().unwrap()]).ok();
+    vault
+        .ctl_input(["secret", "set", "api-key", "X-Api-Key"], b"key-404-test")
+        .ok();
+    let (ready, resume) = (
+        fifo(vault.root.path(), "ready"),
+        fifo(vault.root.path(), "resume"),
+    );
+    let headers = json!({"op": "call", "name": "hdr__show_headers", "arguments": {}});
+    let script = json!([headers, rendezvous_step(&ready, &resume), headers]);
+    let socket = vault.socket.clone();
+    let session =
+        std::thread::spawn(move || through_proxy_in(&socket, None, Path::new("/tmp"), script));
+    let mut server = Some(server);
+    rendezvous(&ready, &resume, || {
+        drop(server.take());
+        server = Some(HeaderServer::start_on(false, port));
+    });
+    let results = session.join().unwrap();
+    let seen =
+        |r: &Value| -> serde_json::Map<String, Value> { serde_json::from_str(text(r)).unwrap() };
+    let (before, after) = (seen(&results[0]), seen(&results[2]));
+    assert_eq!(before["x-api-key"], "key-404-test");
+    assert_eq!(after["x-api-key"], "key-404-test", "{:#}", results[2]);
+    assert_ne!(
+        before["mcp-session-id"], after["mcp-session-id"],
+        "the old session was reused"
+    );
 }

@@ -25,7 +25,7 @@ use serde_json::{Value, json};
 use crate::proxy::{FIRST, env_of, error_message, through_proxy_in};
 
 /// The session's side of a rendezvous: tell the test, wait for it.
-fn rendezvous_step(ready: &Path, resume: &Path) -> Value {
+pub(crate) fn rendezvous_step(ready: &Path, resume: &Path) -> Value {
     let script = format!(
         "echo ready > '{}'; read _ < '{}'",
         ready.display(),
@@ -36,7 +36,7 @@ fn rendezvous_step(ready: &Path, resume: &Path) -> Value {
 
 /// The test's side: waits (at most 60 s) for the session to reach the
 /// rendezvous, runs `act`, then lets the session go on.
-fn rendezvous(ready: &Path, resume: &Path, act: impl FnOnce()) {
+pub(crate) fn rendezvous(ready: &Path, resume: &Path, act: impl FnOnce()) {
     let (tx, rx) = mpsc::channel();
     let ready = ready.to_owned();
     std::thread::spawn(move || {
@@ -50,7 +50,7 @@ fn rendezvous(ready: &Path, resume: &Path, act: impl FnOnce()) {
     std::fs::write(resume, "go\n").unwrap();
 }
 
-fn fifo(dir: &Path, name: &str) -> PathBuf {
+pub(crate) fn fifo(dir: &Path, name: &str) -> PathBuf {
     let path = dir.join(name);
     nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
     path
