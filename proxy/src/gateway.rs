@@ -303,22 +303,8 @@ impl Gateway {
         };
         // Re-list every child of that server; tell the client only when a
         // list really changed (servers announce changes they did not make).
-        let children: Vec<Arc<Downstream>> = self
-            .children
-            .lock()
-            .await
-            .iter()
-            .filter(|((s, _), _)| *s == server_id)
-            .map(|(_, c)| c.clone())
-            .collect();
-        let sessions: Vec<Arc<HttpDownstream>> = self
-            .sessions
-            .lock()
-            .await
-            .iter()
-            .filter(|((s, _), _)| *s == server_id)
-            .map(|(_, c)| c.clone())
-            .collect();
+        let children = of_server(&*self.children.lock().await, &server_id);
+        let sessions = of_server(&*self.sessions.lock().await, &server_id);
         // An HTTP session is re-listed on the next tools/list (its headers
         // come with the next credential).
         for session in sessions {
@@ -813,6 +799,14 @@ impl Gateway {
             tracing::warn!("audit records could not all be delivered to the vault before exit");
         }
     }
+}
+
+/// The downstreams of one server, whatever their scope.
+fn of_server<T>(map: &HashMap<ChildKey, Arc<T>>, server_id: &str) -> Vec<Arc<T>> {
+    map.iter()
+        .filter(|((server, _), _)| server == server_id)
+        .map(|(_, downstream)| downstream.clone())
+        .collect()
 }
 
 fn call_timeout(server: &pb::DownstreamServer) -> Duration {
