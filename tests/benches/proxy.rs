@@ -50,6 +50,7 @@ use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use mcplexer_proto::v1::{CredentialRequest, StatusRequest};
+use mcplexer_tests::bench::{ThreadRow, load_average, machine_cpu, met, status_kb, thread_table};
 use mcplexer_tests::peers::{node, server_everything};
 use mcplexer_tests::{Vault, bin};
 use serde_json::{Value, json};
@@ -459,22 +460,6 @@ fn accumulate(into: &mut BTreeMap<String, Usage>, more: BTreeMap<String, Usage>)
     }
 }
 
-fn clock_ticks() -> u64 {
-    // SAFETY: sysconf has no preconditions; it only reads a constant.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    u64::try_from(hz).ok().filter(|&h| h > 0).unwrap_or(100)
-}
-
-/// A `/proc/PID/status` field in kB.
-fn status_kb(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("{field} missing from /proc/{pid}/status"))
-}
-
 /// The processes whose parent is `pid`, with their command names.
 fn children_of(pid: u32) -> Vec<(u32, String)> {
     let mut out = Vec::new();
@@ -502,38 +487,6 @@ fn children_of(pid: u32) -> Vec<(u32, String)> {
     }
     out.sort_unstable();
     out
-}
-
-/// Busy and stolen CPU time of the whole machine, from /proc/stat.
-struct MachineCpu {
-    busy: Duration,
-    steal: Duration,
-}
-
-fn machine_cpu() -> MachineCpu {
-    let stat = std::fs::read_to_string("/proc/stat").expect("read /proc/stat");
-    let line = stat.lines().next().expect("cpu line");
-    let f: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .map(|v| v.parse().expect("cpu field"))
-        .collect();
-    // user nice system idle iowait irq softirq steal guest guest_nice
-    // (guest time is already counted in user).
-    let ticks = |t: u64| Duration::from_nanos(t * 1_000_000_000 / clock_ticks());
-    MachineCpu {
-        busy: ticks(f[0] + f[1] + f[2] + f[5] + f[6]),
-        steal: ticks(f.get(7).copied().unwrap_or(0)),
-    }
-}
-
-/// The first three fields of /proc/loadavg.
-fn load_average() -> String {
-    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    text.split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 // ---- the latency phase ----
@@ -1044,38 +997,17 @@ fn render(setup: &Setup, l: &Latency, m: &MemoryPhase) -> String {
     .unwrap();
 
     // Where the proxy's and the vault's CPU goes, by thread name.
-    let mut names: Vec<&str> = l
+    let thread_rows: Vec<ThreadRow<'_>> = l
         .rows
         .iter()
-        .flat_map(|r| r.threads.iter().map(|(n, _, _)| n.as_str()))
+        .map(|r| (vec![r.system.name().to_owned()], r.threads.as_slice()))
         .collect();
-    names.sort_unstable();
-    names.dedup();
-    write!(
+    thread_table(
         w,
-        "\nProxy and vault CPU µs / thread runs per call, by thread name:\n\n| system |"
-    )
-    .unwrap();
-    for name in &names {
-        write!(w, " {name} |").unwrap();
-    }
-    write!(w, "\n|---|").unwrap();
-    for _ in &names {
-        write!(w, "---:|").unwrap();
-    }
-    writeln!(w).unwrap();
-    for r in &l.rows {
-        write!(w, "| {} |", r.system.name()).unwrap();
-        for name in &names {
-            let (t, n) = r
-                .threads
-                .iter()
-                .find(|(n, _, _)| n == name)
-                .map_or((0.0, 0.0), |(_, t, n)| (*t, *n));
-            write!(w, " {t:.1} / {n:.2} |").unwrap();
-        }
-        writeln!(w).unwrap();
-    }
+        "Proxy and vault CPU µs / thread runs per call, by thread name:",
+        &[("system", "---")],
+        &thread_rows,
+    );
 
     let cpus_f = cpus.max(1) as f64;
     let measured = l.took.as_secs_f64();
@@ -1187,8 +1119,4 @@ fn render(setup: &Setup, l: &Latency, m: &MemoryPhase) -> String {
     )
     .unwrap();
     out
-}
-
-fn met(ok: bool) -> &'static str {
-    if ok { "met" } else { "not met" }
 }

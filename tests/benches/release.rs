@@ -34,6 +34,9 @@ use std::time::{Duration, Instant};
 
 use mcplexer_proto::v1::{CredentialRequest, GetConfigRequest, StatusRequest};
 use mcplexer_tests::Vault;
+use mcplexer_tests::bench::{
+    ThreadRow, load_average, machine_cpu, met, status_kb, thread_table, ticks_to_duration,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tonic::transport::Channel;
@@ -275,10 +278,7 @@ fn ticks(stat: &str) -> Duration {
     // utime and stime are fields 14 and 15 of the line, 12 and 13 here.
     let t: u64 =
         fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
-    // SAFETY: sysconf has no preconditions; it only reads a constant.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    let hz = u64::try_from(hz).ok().filter(|&h| h > 0).unwrap_or(100);
-    Duration::from_nanos(t * 1_000_000_000 / hz)
+    ticks_to_duration(t)
 }
 
 /// CPU time and context switches of one thread name's threads.
@@ -337,15 +337,6 @@ fn thread_deltas(
 }
 
 /// A `/proc/PID/status` field in kB.
-fn status_kb(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("{field} missing from /proc/{pid}/status"))
-}
-
 /// One measured level of one system.
 struct Level {
     clients: usize,
@@ -599,45 +590,10 @@ struct Setup {
     load_before: String,
 }
 
-/// Busy and stolen CPU time of the whole machine, from /proc/stat.
-struct MachineCpu {
-    busy: Duration,
-    steal: Duration,
-}
-
-fn machine_cpu() -> MachineCpu {
-    let stat = std::fs::read_to_string("/proc/stat").expect("read /proc/stat");
-    let line = stat.lines().next().expect("cpu line");
-    let f: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .map(|v| v.parse().expect("cpu field"))
-        .collect();
-    // user nice system idle iowait irq softirq steal guest guest_nice
-    // (guest time is already counted in user).
-    // SAFETY: sysconf has no preconditions; it only reads a constant.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    let hz = u64::try_from(hz).ok().filter(|&h| h > 0).unwrap_or(100);
-    let ticks = |t: u64| Duration::from_nanos(t * 1_000_000_000 / hz);
-    MachineCpu {
-        busy: ticks(f[0] + f[1] + f[2] + f[5] + f[6]),
-        steal: ticks(f.get(7).copied().unwrap_or(0)),
-    }
-}
-
 /// CPU used during the run by processes other than the benchmark's own.
 struct Foreign {
     cpu: Duration,
     steal: Duration,
-}
-
-/// The first three fields of /proc/loadavg.
-fn load_average() -> String {
-    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    text.split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 struct Memory {
@@ -716,41 +672,22 @@ fn render(setup: &Setup, results: &Results, memory: &Memory, foreign: &Foreign) 
     }
 
     // Where the daemon's CPU goes, per request, by thread.
-    let mut names: Vec<&str> = results
-        .vault
-        .iter()
-        .chain(&results.control)
-        .flat_map(|l| l.threads.iter().map(|(n, _, _)| n.as_str()))
+    let thread_rows: Vec<ThreadRow<'_>> = rows
+        .flat_map(|((v, _), c)| {
+            [("GetCredential", v), ("GetConfig", c)].map(|(rpc, l)| {
+                (
+                    vec![l.clients.to_string(), rpc.to_owned()],
+                    l.threads.as_slice(),
+                )
+            })
+        })
         .collect();
-    names.sort_unstable();
-    names.dedup();
-    write!(
+    thread_table(
         w,
-        "\nDaemon CPU µs / context switches per request, by thread:\n\n| clients | RPC |"
-    )
-    .unwrap();
-    for name in &names {
-        write!(w, " {name} |").unwrap();
-    }
-    write!(w, "\n|---:|---|").unwrap();
-    for _ in &names {
-        write!(w, "---:|").unwrap();
-    }
-    writeln!(w).unwrap();
-    for ((v, _), c) in rows {
-        for (rpc, l) in [("GetCredential", v), ("GetConfig", c)] {
-            write!(w, "| {} | {rpc} |", l.clients).unwrap();
-            for name in &names {
-                let (t, n) = l
-                    .threads
-                    .iter()
-                    .find(|(n, _, _)| n == name)
-                    .map_or((0.0, 0.0), |(_, t, n)| (*t, *n));
-                write!(w, " {t:.1} / {n:.2} |").unwrap();
-            }
-            writeln!(w).unwrap();
-        }
-    }
+        "Daemon CPU µs / context switches per request, by thread:",
+        &[("clients", "---:"), ("RPC", "---")],
+        &thread_rows,
+    );
 
     let cpus_f = cpus.max(1) as f64;
     writeln!(
@@ -824,8 +761,4 @@ fn render(setup: &Setup, results: &Results, memory: &Memory, foreign: &Foreign) 
     )
     .unwrap();
     out
-}
-
-fn met(ok: bool) -> &'static str {
-    if ok { "met" } else { "not met" }
 }
