@@ -16,7 +16,7 @@ use crate::model::{
     WorkspaceSpec, normalize_all, normalize_one,
 };
 use crate::ops::{self, Object};
-use crate::store::AuditFilter;
+use crate::store::{AuditFilter, WriteCtx};
 
 /// The Admin service.
 pub struct AdminService(pub SharedRef);
@@ -60,25 +60,35 @@ impl AdminService {
         spec: std::result::Result<T, String>,
         to_proto: impl Fn(&Obj<T>, &ConfigState) -> P,
     ) -> Result<P> {
-        let result = self.create_inner(caller, spec).await;
-        self.0.audit_outcome(caller, rpc, &result, true).await;
-        let id = result?;
+        let id = self.create_inner(caller, rpc, spec).await?;
         self.get(caller, &id, to_proto)
     }
 
+    /// Validates and creates `spec`; every outcome is audited.
     async fn create_inner<T: Object>(
         &self,
         caller: &Caller,
+        rpc: &'static str,
         spec: std::result::Result<T, String>,
     ) -> Result<String> {
-        let mut spec = spec.map_err(VaultError::invalid)?;
-        normalize_one(&mut spec, Some(caller.uid())).map_err(VaultError::invalid)?;
-        ops::check_owner(caller, &spec)?;
-        self.check_scope_use(caller, std::iter::once(&spec))?;
+        let prepared = (|| {
+            let mut spec = spec.map_err(VaultError::invalid)?;
+            normalize_one(&mut spec, Some(caller.uid())).map_err(VaultError::invalid)?;
+            ops::check_owner(caller, &spec)?;
+            self.check_scope_use(caller, std::iter::once(&spec))?;
+            Ok(spec)
+        })();
+        let spec = match prepared {
+            Ok(spec) => spec,
+            Err(err) => {
+                let refused = Err(err);
+                self.0.audit_outcome(caller, rpc, &refused, true).await;
+                return refused;
+            }
+        };
         let spec = self
             .0
-            .store
-            .write(move |ctx| ops::create(ctx, spec))
+            .mutate(caller, rpc, move |ctx| ops::create(ctx, spec))
             .await?;
         Ok(spec.id().to_owned())
     }
@@ -137,13 +147,12 @@ impl AdminService {
     ) -> Result<pb::DeleteResponse> {
         let owned_caller = caller.clone();
         self.require_visible::<T>(caller, rpc, &id).await?;
-        let result = self
-            .0
-            .store
-            .write(move |ctx| ops::delete::<T>(ctx, &owned_caller, &id))
-            .await;
-        self.0.audit_outcome(caller, rpc, &result, true).await;
-        result.map(|()| pb::DeleteResponse {})
+        self.0
+            .mutate(caller, rpc, move |ctx| {
+                ops::delete::<T>(ctx, &owned_caller, &id)
+            })
+            .await
+            .map(|()| pb::DeleteResponse {})
     }
 }
 
@@ -222,20 +231,32 @@ impl Admin for AdminService {
         let caller = self.0.authorize(&request, "Admin/Apply").await?;
         let req = request.into_inner();
         let dry_run = req.dry_run;
-        let result = async {
+        let prepared = (|| {
             let doc = parse_document(&req.yaml, &caller)?;
             for_each_owner_check(&caller, &doc)?;
             self.check_scope_use(&caller, doc.route_rules.iter())?;
-            let c = caller.clone();
-            self.0
-                .store
-                .write(move |ctx| ops::apply(ctx, &c, ops::Applier::Uid(c.uid()), &doc, dry_run))
-                .await
-        }
-        .await;
-        self.0
-            .audit_outcome(&caller, "Admin/Apply", &result, !dry_run)
-            .await;
+            Ok(doc)
+        })();
+        let result = match prepared {
+            Err(err) => {
+                let refused = Err(err);
+                self.0
+                    .audit_outcome(&caller, "Admin/Apply", &refused, !dry_run)
+                    .await;
+                refused
+            }
+            Ok(doc) => {
+                let c = caller.clone();
+                let apply = move |ctx: &mut WriteCtx<'_>| {
+                    ops::apply(ctx, &c, ops::Applier::Uid(c.uid()), &doc, dry_run)
+                };
+                if dry_run {
+                    self.0.store.write(apply).await
+                } else {
+                    self.0.mutate(&caller, "Admin/Apply", apply).await
+                }
+            }
+        };
         let changes = result?
             .into_iter()
             .map(|c| pb::Change {
@@ -300,15 +321,13 @@ impl Admin for AdminService {
         let (scope, key) = (req.scope_id, req.key);
         self.require_visible::<ScopeSpec>(&caller, "Admin/SetSecret", &scope)
             .await?;
-        let result = self
+        let version = self
             .0
-            .store
-            .write(move |ctx| ops::set_secret(ctx, &c, &scope, key, value))
-            .await;
-        self.0
-            .audit_outcome(&caller, "Admin/SetSecret", &result, true)
-            .await;
-        ok(pb::SetSecretResponse { version: result? })
+            .mutate(&caller, "Admin/SetSecret", move |ctx| {
+                ops::set_secret(ctx, &c, &scope, key, value)
+            })
+            .await?;
+        ok(pb::SetSecretResponse { version })
     }
 
     async fn list_secrets(
@@ -338,15 +357,11 @@ impl Admin for AdminService {
         let c = caller.clone();
         self.require_visible::<ScopeSpec>(&caller, "Admin/DeleteSecret", &req.scope_id)
             .await?;
-        let result = self
-            .0
-            .store
-            .write(move |ctx| ops::delete_secret(ctx, &c, &req.scope_id, &req.key))
-            .await;
         self.0
-            .audit_outcome(&caller, "Admin/DeleteSecret", &result, true)
-            .await;
-        result?;
+            .mutate(&caller, "Admin/DeleteSecret", move |ctx| {
+                ops::delete_secret(ctx, &c, &req.scope_id, &req.key)
+            })
+            .await?;
         ok(pb::DeleteResponse {})
     }
 
@@ -400,15 +415,11 @@ impl Admin for AdminService {
         let id = req.provider_id;
         self.require_visible::<ProviderSpec>(&caller, "Admin/SetProviderSecret", &id)
             .await?;
-        let result = self
-            .0
-            .store
-            .write(move |ctx| ops::set_provider_secret(ctx, &c, &id, &secret))
-            .await;
         self.0
-            .audit_outcome(&caller, "Admin/SetProviderSecret", &result, true)
-            .await;
-        result?;
+            .mutate(&caller, "Admin/SetProviderSecret", move |ctx| {
+                ops::set_provider_secret(ctx, &c, &id, &secret)
+            })
+            .await?;
         ok(pb::SetSecretResponse { version: 0 })
     }
 

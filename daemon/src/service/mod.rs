@@ -18,7 +18,7 @@ use tonic::Request;
 use crate::authz::{Authorizer, Caller, PeerInfo};
 use crate::clock::now_ms;
 use crate::error::{Result, VaultError};
-use crate::store::{AuditJournal, Store};
+use crate::store::{AuditJournal, Store, WriteCtx};
 use crate::vault::IdentityOrigin;
 
 pub use admin::AdminService;
@@ -78,19 +78,33 @@ impl Shared {
     /// Records an admin-side event (a mutation or a refusal). Failure to
     /// record is logged, never hidden.
     pub async fn audit_admin(&self, peer: &PeerInfo, rpc: &str, status: &str, error: &str) {
-        let record = pb::AuditRecord {
-            time_ms: now_ms(),
-            uid: peer.uid,
-            pid: peer.pid,
-            kind: "admin".into(),
-            status: status.into(),
-            error: error.into(),
-            action: rpc.into(),
-            ..Default::default()
-        };
+        let record = admin_record(peer, rpc, status, error);
         if let Err(err) = self.store.write(move |ctx| ctx.insert_audit(record)).await {
             tracing::error!(error = %err, rpc, "cannot record an audit event");
         }
+    }
+
+    /// Runs a mutation as one write job that also records its success, so
+    /// a committed change never lacks its audit record. A refusal or failure
+    /// rolled the job back; it is recorded afterwards.
+    pub async fn mutate<T, F>(&self, caller: &Caller, rpc: &'static str, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut WriteCtx<'_>) -> Result<T> + Send + 'static,
+    {
+        let record = admin_record(&caller.peer, rpc, "success", "");
+        let result = self
+            .store
+            .write(move |ctx| {
+                let out = f(ctx)?;
+                ctx.insert_audit(record)?;
+                Ok(out)
+            })
+            .await;
+        if result.is_err() {
+            self.audit_outcome(caller, rpc, &result, true).await;
+        }
+        result
     }
 
     /// Audits the outcome of a call by `caller` that was authorised but may
@@ -114,6 +128,20 @@ impl Shared {
             Ok(_) if mutation => self.audit_admin(&caller.peer, rpc, "success", "").await,
             _ => {}
         }
+    }
+}
+
+/// The audit record of an admin-side event.
+fn admin_record(peer: &PeerInfo, rpc: &str, status: &str, error: &str) -> pb::AuditRecord {
+    pb::AuditRecord {
+        time_ms: now_ms(),
+        uid: peer.uid,
+        pid: peer.pid,
+        kind: "admin".into(),
+        status: status.into(),
+        error: error.into(),
+        action: rpc.into(),
+        ..Default::default()
     }
 }
 
