@@ -21,6 +21,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
+use crate::restart::Ending;
 use crate::vault::Released;
 
 /// Variables of the proxy's own environment a child inherits; nothing else
@@ -48,6 +49,8 @@ pub enum Event {
     },
     /// It sent `notifications/progress` (relayed while its token is live).
     Progress(Value),
+    /// It closed its output: it exited, or will be made to.
+    Stopped(Arc<Downstream>),
 }
 
 /// Why a request to a downstream failed.
@@ -96,8 +99,15 @@ type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Value>>>>;
 pub struct Downstream {
     /// Its server id.
     pub server_id: String,
+    /// The auth scope whose values it was started with.
+    pub scope: Option<String>,
     /// The credential version it was started with (0: no credential).
     pub version: u64,
+    started: std::time::Instant,
+    /// The proxy is stopping it: its exit is not a failure.
+    stopping: AtomicBool,
+    /// Its ending has been read (by [`Downstream::ending`]).
+    reaped: AtomicBool,
     stdin: Mutex<ChildStdin>,
     child: Mutex<Child>,
     pending: Pending,
@@ -110,10 +120,21 @@ pub struct Downstream {
     idle_timeout: Duration,
 }
 
+impl std::fmt::Debug for Downstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Downstream")
+            .field("server_id", &self.server_id)
+            .field("scope", &self.scope)
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Downstream {
     /// Spawns and initialises the server with `credential` injected.
     pub async fn start(
         server: &pb::DownstreamServer,
+        scope: Option<String>,
         credential: Option<&Released>,
         events: mpsc::UnboundedSender<Event>,
     ) -> Result<Arc<Self>, DownstreamError> {
@@ -153,7 +174,11 @@ impl Downstream {
         let alive = Arc::new(AtomicBool::new(true));
         let this = Arc::new(Self {
             server_id: server.id.clone(),
+            scope,
             version: credential.map_or(0, |c| c.version),
+            started: std::time::Instant::now(),
+            stopping: AtomicBool::new(false),
+            reaped: AtomicBool::new(false),
             stdin: Mutex::new(stdin),
             child: Mutex::new(child),
             pending: pending.clone(),
@@ -181,9 +206,14 @@ impl Downstream {
             "clientInfo": {"name": "mcplexer-proxy", "version": env!("CARGO_PKG_VERSION")},
         });
         let timeout = Duration::from_secs(u64::from(server.call_timeout_sec.max(1)));
-        match this.request("initialize", init, timeout).await? {
-            Ok(_) => {}
-            Err(error) => return Err(start_err(format!("initialize failed: {error}"))),
+        let failed = match this.request("initialize", init, timeout).await {
+            Ok(Ok(_)) => None,
+            Ok(Err(error)) => Some(format!("initialize failed: {error}")),
+            Err(err) => Some(format!("no answer to initialize: {err}")),
+        };
+        if let Some(reason) = failed {
+            this.stop().await;
+            return Err(start_err(reason));
         }
         this.notify("notifications/initialized", json!({})).await;
         Ok(this)
@@ -319,6 +349,7 @@ impl Downstream {
 
     /// Stops the child: closes stdin, then kills it if it lingers.
     pub async fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
         self.alive.store(false, Ordering::SeqCst);
         let _ = self.stdin.lock().await.shutdown().await;
         let mut child = self.child.lock().await;
@@ -328,6 +359,27 @@ impl Downstream {
         {
             let _ = child.kill().await;
         }
+    }
+}
+
+impl Downstream {
+    /// How a child that stopped running ended, once: `None` when the proxy
+    /// stopped it (or the ending was already read). A child that closed its
+    /// output but lingers is killed.
+    pub async fn ending(&self) -> Option<(Ending, Duration)> {
+        if self.stopping.load(Ordering::SeqCst) || self.reaped.swap(true, Ordering::SeqCst) {
+            return None;
+        }
+        let uptime = self.started.elapsed();
+        let mut child = self.child.lock().await;
+        let status = match tokio::time::timeout(Duration::from_secs(2), child.wait()).await {
+            Ok(status) => status.ok(),
+            Err(_) => {
+                let _ = child.kill().await;
+                child.wait().await.ok()
+            }
+        };
+        Some((Ending::Exited(status), uptime))
     }
 }
 
@@ -434,4 +486,9 @@ async fn read_loop(
     // Fail every waiting call now rather than at its timeout.
     pending.lock().await.clear();
     tracing::info!(server = %server_id, "downstream stopped");
+    if let Some(this) = this.upgrade()
+        && !this.stopping.load(Ordering::SeqCst)
+    {
+        let _ = events.send(Event::Stopped(this));
+    }
 }

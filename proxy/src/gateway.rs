@@ -19,6 +19,7 @@ use tokio::sync::{Mutex, mpsc};
 use crate::downstream::{Downstream, DownstreamError, Event};
 use crate::http::HttpDownstream;
 use crate::redact::{redact, scrub_text};
+use crate::restart::{Ending, History, Policy, Verdict};
 use crate::router::{Decision, split_tool};
 use crate::vault::{Released, Routing, VaultError, VaultLink};
 
@@ -49,6 +50,12 @@ pub struct Gateway {
     sessions: Mutex<HashMap<ChildKey, Arc<HttpDownstream>>>,
     /// Serialises starts, so concurrent calls share one child.
     starting: Mutex<()>,
+    /// Serialises reading how children ended, so each ending is recorded
+    /// once and before anyone decides on a restart.
+    reaping: Mutex<()>,
+    /// How children that stopped on their own ended: their restart policy
+    /// and backoff decide when they start again.
+    history: std::sync::Mutex<HashMap<ChildKey, History>>,
     out: mpsc::UnboundedSender<Value>,
     events: mpsc::UnboundedSender<Event>,
     /// Redacted audit records, sent to the vault in order by one task that
@@ -208,6 +215,8 @@ impl Gateway {
             children: Mutex::new(HashMap::new()),
             sessions: Mutex::new(HashMap::new()),
             starting: Mutex::new(()),
+            reaping: Mutex::new(()),
+            history: std::sync::Mutex::new(HashMap::new()),
             out,
             events,
             audit_tx: std::sync::Mutex::new(Some(audit_tx)),
@@ -249,7 +258,8 @@ impl Gateway {
     }
 
     /// Stops children unused for their server's `idle_timeout_sec`; the
-    /// next call starts them again.
+    /// next call starts them again. (Children that stopped on their own are
+    /// [`Gateway::reap`]ed instead.)
     async fn stop_idle(&self) {
         let _one_start = self.starting.lock().await;
         let mut idle = Vec::new();
@@ -257,7 +267,7 @@ impl Gateway {
             let mut children = self.children.lock().await;
             let mut keys = Vec::new();
             for (key, child) in children.iter() {
-                if child.is_idle().await || !child.is_alive() {
+                if child.is_alive() && child.is_idle().await {
                     keys.push(key.clone());
                 }
             }
@@ -279,8 +289,125 @@ impl Gateway {
             .send(json!({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"}));
     }
 
-    async fn on_event(&self, event: Event) {
+    /// Records how a child that stopped on its own ended (once), withdraws
+    /// it, and tells the client its tools changed.
+    async fn reap(self: &Arc<Self>, child: &Arc<Downstream>) {
+        let _one_reap = self.reaping.lock().await;
+        let key = (child.server_id.clone(), child.scope.clone());
+        // A child not (or no longer) in the map is still being started,
+        // which records its own failure, or was replaced.
+        let current = |children: &HashMap<ChildKey, Arc<Downstream>>| {
+            children.get(&key).is_some_and(|c| Arc::ptr_eq(c, child))
+        };
+        if !current(&*self.children.lock().await) {
+            return;
+        }
+        let Some((ending, uptime)) = child.ending().await else {
+            return;
+        };
+        {
+            let mut children = self.children.lock().await;
+            if current(&children) {
+                children.remove(&key);
+            }
+        }
+        let Some(server) = self.vault.routing().servers.get(&child.server_id).cloned() else {
+            return;
+        };
+        self.record_ending(&key, &server, ending, uptime);
+        if child.tools.lock().await.is_some() {
+            self.notify_tools_changed();
+        }
+    }
+
+    /// Adds an ending to the child's history; when the history makes it
+    /// wait, tells the client once the wait is over, so it lists the
+    /// returning tools.
+    fn record_ending(
+        self: &Arc<Self>,
+        key: &ChildKey,
+        server: &pb::DownstreamServer,
+        ending: Ending,
+        uptime: Duration,
+    ) {
+        let history = {
+            let mut all = self
+                .history
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let history = History::record(all.get(key), server, ending, uptime, Instant::now());
+            all.insert(key.clone(), history.clone());
+            history
+        };
+        tracing::warn!(
+            server = %server.id,
+            failures = history.failures,
+            restart_policy = Policy::of(server).name(),
+            "downstream {}",
+            history.last.describe()
+        );
+        if let Some(at) = history.retry_at() {
+            let weak = Arc::downgrade(self);
+            tokio::spawn(async move {
+                tokio::time::sleep_until(at.into()).await;
+                if let Some(gateway) = weak.upgrade() {
+                    gateway.notify_tools_changed();
+                }
+            });
+        }
+    }
+
+    /// Whether (server, scope) may be started now, by its history.
+    fn may_start(&self, key: &ChildKey, server: &pb::DownstreamServer) -> Result<(), CallError> {
+        let all = self
+            .history
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(history) = all.get(key) else {
+            return Ok(());
+        };
+        let policy = Policy::of(server);
+        let (message, retry_in) = match history.verdict(server, Instant::now()) {
+            Verdict::Start => return Ok(()),
+            Verdict::Wait(at) => {
+                let secs = at.saturating_duration_since(Instant::now()).as_secs() + 1;
+                (
+                    format!(
+                        "downstream {} {} ({} failures in a row); it will be started again in {secs} s",
+                        server.id,
+                        history.last.describe(),
+                        history.failures
+                    ),
+                    Some(secs),
+                )
+            }
+            Verdict::Stay(policy) => (
+                format!(
+                    "downstream {} {} and its restart_policy is {}; it will be started again when its configuration changes",
+                    server.id,
+                    history.last.describe(),
+                    policy.name()
+                ),
+                None,
+            ),
+        };
+        Err(CallError {
+            data: Some(json!({
+                "downstream": server.id,
+                "restart_policy": policy.name(),
+                "failures": history.failures,
+                "retry_in_sec": retry_in,
+            })),
+            ..CallError::new(INTERNAL_ERROR, message)
+        })
+    }
+
+    async fn on_event(self: &Arc<Self>, event: Event) {
         let server_id = match event {
+            Event::Stopped(child) => {
+                self.reap(&child).await;
+                return;
+            }
             Event::ToolsChanged { server_id } => server_id,
             Event::Progress(message) => {
                 // Relayed only while the call that carries its token runs:
@@ -558,8 +685,21 @@ impl Gateway {
         tool: &str,
         rule: &str,
     ) -> Result<(Arc<Downstream>, Option<Released>), CallError> {
-        let credential = self.credential(server, scope.clone(), tool, rule).await?;
         let key = (server.id.clone(), scope.clone());
+        // A child that stopped on its own: how it ended decides whether it
+        // may start again (checked before a credential is released for it).
+        let stopped = self
+            .children
+            .lock()
+            .await
+            .get(&key)
+            .filter(|c| !c.is_alive())
+            .cloned();
+        if let Some(child) = stopped {
+            self.reap(&child).await;
+        }
+        self.may_start(&key, server)?;
+        let credential = self.credential(server, scope.clone(), tool, rule).await?;
         let version = credential.as_ref().map_or(0, |c| c.version);
         let _one_start = self.starting.lock().await;
         let existing = self.children.lock().await.get(&key).cloned();
@@ -567,10 +707,28 @@ impl Gateway {
             if child.is_alive() && child.version == version {
                 return Ok((child, credential));
             }
-            tracing::info!(server = %server.id, alive = child.is_alive(), "restarting downstream");
-            child.stop().await;
+            if child.is_alive() {
+                tracing::info!(server = %server.id, "restarting downstream for a new credential");
+                child.stop().await;
+            } else {
+                // It stopped since the check above.
+                self.reap(&child).await;
+                self.may_start(&key, server)?;
+            }
         }
-        let child = Downstream::start(server, credential.as_ref(), self.events.clone()).await?;
+        let child = match Downstream::start(server, scope, credential.as_ref(), self.events.clone())
+            .await
+        {
+            Ok(child) => child,
+            Err(err) => {
+                let reason = match &err {
+                    DownstreamError::Start { reason, .. } => reason.clone(),
+                    other => other.to_string(),
+                };
+                self.record_ending(&key, server, Ending::StartFailed(reason), Duration::ZERO);
+                return Err(err.into());
+            }
+        };
         self.children.lock().await.insert(key, child.clone());
         Ok((child, credential))
     }

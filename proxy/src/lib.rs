@@ -16,6 +16,7 @@ pub mod downstream;
 pub mod gateway;
 pub mod http;
 pub mod redact;
+pub mod restart;
 pub mod router;
 pub mod serve;
 pub mod stdio;

@@ -26,7 +26,7 @@ Output: {"protocol_version": "...", "results": [...]}, one result per step:
                    "structured": structuredContent or null}
     ping       -> {"ok": true}
     exec       -> {"exit": int, "stdout": str, "stderr": str}
-    any step that got a JSON-RPC error -> {"error": {"code": int, "message": str}}
+    any step that got a JSON-RPC error -> {"error": {"code": int, "message": str, "data": any}}
     any step the SDK itself refused (e.g. a result that breaks the tool's
     output schema) -> {"client_error": "Type: message"}
 
@@ -178,7 +178,7 @@ async def run_step(client: Client, step: dict[str, Any]) -> dict[str, Any]:
         await client.session.send_ping()
         return {"ok": True}
     except MCPError as e:
-        return {"error": {"code": e.code, "message": e.message}}
+        return {"error": {"code": e.code, "message": e.message, "data": e.data}}
     except Exception as e:  # noqa: BLE001 - reported as the step's result
         return {"client_error": f"{type(e).__name__}: {e}"}
 

@@ -12,6 +12,7 @@ mod proxy;
 mod proxy_http;
 mod proxy_lifecycle;
 mod proxy_protocol;
+mod proxy_restart;
 mod proxy_serve;
 mod release;
 mod secrets;

@@ -15,18 +15,18 @@ use mcplexer_tests::peers::{node, server_everything};
 use mcplexer_tests::{Vault, bin};
 use serde_json::{Value, json};
 
-struct RawClient {
+pub(crate) struct RawClient {
     child: Child,
     stdin: Option<ChildStdin>,
     stdout: BufReader<ChildStdout>,
     /// Every message read so far.
-    seen: Vec<Value>,
+    pub(crate) seen: Vec<Value>,
     /// The proxy's log (its stderr, at debug level), read to the end.
     log: std::thread::JoinHandle<String>,
 }
 
 impl RawClient {
-    fn start(vault: &Vault) -> Self {
+    pub(crate) fn start(vault: &Vault) -> Self {
         let node_dir = node().parent().unwrap().display().to_string();
         let mut child = Command::new(bin("mcplexer-proxy"))
             .arg("--socket")
@@ -63,19 +63,19 @@ impl RawClient {
         client
     }
 
-    fn send_line(&mut self, line: &str) {
+    pub(crate) fn send_line(&mut self, line: &str) {
         let stdin = self.stdin.as_mut().unwrap();
         stdin.write_all(line.as_bytes()).unwrap();
         stdin.write_all(b"\n").unwrap();
         stdin.flush().unwrap();
     }
 
-    fn send(&mut self, message: Value) {
+    pub(crate) fn send(&mut self, message: Value) {
         self.send_line(&message.to_string());
     }
 
     /// Reads messages until one satisfies `want`; returns it.
-    fn until(&mut self, want: impl Fn(&Value) -> bool) -> Value {
+    pub(crate) fn until(&mut self, want: impl Fn(&Value) -> bool) -> Value {
         loop {
             let mut line = String::new();
             let n = self.stdout.read_line(&mut line).unwrap();
@@ -90,7 +90,7 @@ impl RawClient {
 
     /// Closes stdin and reads everything until the proxy exits; returns
     /// every message and the proxy's log.
-    fn finish(mut self) -> (Vec<Value>, String) {
+    pub(crate) fn finish(mut self) -> (Vec<Value>, String) {
         drop(self.stdin.take());
         let mut rest = String::new();
         while self.stdout.read_line(&mut rest).unwrap() > 0 {
