@@ -38,7 +38,9 @@ pub enum Command {
         /// `unix:PATH`. The endpoint is printed on stdout once listening.
         #[arg(long, value_name = "ADDR")]
         listen: crate::serve::Listen,
-        /// The directory that picks the workspace [default: the current one].
+        /// The directory that picks the workspace of a client that declares
+        /// no roots (one that does is placed by its first root) [default:
+        /// the current one].
         #[arg(long, value_name = "DIR")]
         cwd: Option<PathBuf>,
         /// Record every call's response in the audit log (redacted).

@@ -8,7 +8,7 @@
 //! rules and, for credentials, by the vault from our uid.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -41,8 +41,21 @@ type ChildKey = (String, Option<String>);
 /// The gateway of one client session.
 pub struct Gateway {
     vault: Arc<VaultLink>,
-    /// The client's working directory: picks the workspace.
+    /// The client's working directory: picks the workspace, unless the
+    /// client's declared roots do.
     cwd: PathBuf,
+    /// Whether a client that declares the `roots` capability picks the
+    /// workspace with its first root (HTTP clients, per DESIGN §4).
+    use_roots: bool,
+    /// Set at `initialize` when the client's roots pick the workspace.
+    roots_wanted: std::sync::atomic::AtomicBool,
+    /// The directory of the client's first root once asked (`None`: not
+    /// asked yet, or its roots changed since). The lock makes concurrent
+    /// requests share one `roots/list`.
+    root_dir: Mutex<Option<PathBuf>>,
+    /// Requests sent to the client, waiting for its response, by id.
+    client_requests: std::sync::Mutex<HashMap<String, tokio::sync::oneshot::Sender<Value>>>,
+    next_client_request: std::sync::atomic::AtomicU64,
     /// Record every call's (redacted) response, whatever the rule says.
     log_full: bool,
     children: Mutex<HashMap<ChildKey, Arc<Downstream>>>,
@@ -65,9 +78,17 @@ pub struct Gateway {
     /// Calls in flight that the client may cancel, by its request id (as
     /// JSON text, so 1 and "1" stay distinct).
     cancels: std::sync::Mutex<HashMap<String, tokio::sync::watch::Sender<bool>>>,
-    /// Progress tokens of calls in flight (as JSON text).
-    progress: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Progress tokens of calls in flight (as JSON text), with the stream
+    /// of the request that carries each, if it has its own.
+    progress: std::sync::Mutex<HashMap<String, Option<Sink>>>,
 }
+
+/// Where messages about one client request go (its own response stream,
+/// on streamable HTTP), before its response.
+pub type Sink = mpsc::UnboundedSender<Value>;
+
+/// How long the client has to answer `roots/list`.
+const ROOTS_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// An error answered to the client.
 struct CallError {
@@ -176,9 +197,13 @@ fn response(id: &Value, result: Result<Value, CallError>) -> Value {
 
 impl Gateway {
     /// A gateway writing its messages for the client to `out`.
+    /// A gateway writing its messages for the client to `out`; with
+    /// `use_roots`, a client that declares roots picks the workspace with
+    /// its first root instead of `cwd`.
     pub fn new(
         vault: Arc<VaultLink>,
         cwd: PathBuf,
+        use_roots: bool,
         log_full: bool,
         out: mpsc::UnboundedSender<Value>,
     ) -> Arc<Self> {
@@ -211,6 +236,11 @@ impl Gateway {
         let gateway = Arc::new(Self {
             vault,
             cwd,
+            use_roots,
+            roots_wanted: std::sync::atomic::AtomicBool::new(false),
+            root_dir: Mutex::new(None),
+            client_requests: std::sync::Mutex::new(HashMap::new()),
+            next_client_request: std::sync::atomic::AtomicU64::new(1),
             log_full,
             children: Mutex::new(HashMap::new()),
             sessions: Mutex::new(HashMap::new()),
@@ -222,7 +252,7 @@ impl Gateway {
             audit_tx: std::sync::Mutex::new(Some(audit_tx)),
             audit_task: Mutex::new(Some(audit_task)),
             cancels: std::sync::Mutex::new(HashMap::new()),
-            progress: std::sync::Mutex::new(std::collections::HashSet::new()),
+            progress: std::sync::Mutex::new(HashMap::new()),
         });
         let weak = Arc::downgrade(&gateway);
         tokio::spawn(async move {
@@ -416,14 +446,21 @@ impl Gateway {
                 let token = message
                     .pointer("/params/progressToken")
                     .map(Value::to_string);
-                let live = token.is_some_and(|t| {
+                let live = token.and_then(|t| {
                     self.progress
                         .lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .contains(&t)
+                        .get(&t)
+                        .cloned()
                 });
-                if live {
-                    let _ = self.out.send(message);
+                match live {
+                    Some(Some(sink)) => {
+                        let _ = sink.send(message);
+                    }
+                    Some(None) => {
+                        let _ = self.out.send(message);
+                    }
+                    None => {}
                 }
                 return;
             }
@@ -455,6 +492,13 @@ impl Gateway {
 
     /// Handles one message from the client; returns the response, if any.
     pub async fn handle(self: &Arc<Self>, message: Value) -> Option<Value> {
+        self.handle_in(message, None).await
+    }
+
+    /// Like [`Gateway::handle`], with the messages about this request
+    /// (progress, requests to the client) sent to `sink` rather than to the
+    /// session's stream.
+    pub async fn handle_in(self: &Arc<Self>, message: Value, sink: Option<Sink>) -> Option<Value> {
         let id = message.get("id").cloned();
         let method = message
             .get("method")
@@ -462,19 +506,41 @@ impl Gateway {
             .map(str::to_owned);
         let params = message.get("params").cloned().unwrap_or(Value::Null);
         let (Some(id), Some(method)) = (id, method) else {
-            if message.get("method").and_then(Value::as_str) == Some("notifications/cancelled")
-                && let Some(request) = params.get("requestId")
-            {
-                let cancels = self
-                    .cancels
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                if let Some(cancel) = cancels.get(&request.to_string()) {
-                    let _ = cancel.send(true);
+            match message.get("method").and_then(Value::as_str) {
+                Some("notifications/cancelled") => {
+                    if let Some(request) = params.get("requestId") {
+                        let cancels = self
+                            .cancels
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner);
+                        if let Some(cancel) = cancels.get(&request.to_string()) {
+                            let _ = cancel.send(true);
+                        }
+                    }
                 }
+                Some("notifications/roots/list_changed") => {
+                    if self.roots_wanted.load(std::sync::atomic::Ordering::SeqCst) {
+                        // Asked again by the next request that needs it;
+                        // the tools it may call can differ.
+                        *self.root_dir.lock().await = None;
+                        self.notify_tools_changed();
+                    }
+                }
+                None => {
+                    // A response to a request of ours.
+                    let waiter = message.get("id").and_then(|id| {
+                        self.client_requests
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .remove(&id.to_string())
+                    });
+                    if let Some(waiter) = waiter {
+                        let _ = waiter.send(message);
+                    }
+                }
+                // Other notifications (initialized, ...) need no answer.
+                Some(_) => {}
             }
-            // Other notifications (initialized, ...) and stray responses
-            // need no answer.
             return None;
         };
         if id.is_null() {
@@ -487,9 +553,12 @@ impl Gateway {
             ));
         }
         let result = match method.as_str() {
-            "initialize" => Ok(Self::initialize(&params)),
+            "initialize" => Ok(self.initialize(&params)),
             "ping" => Ok(json!({})),
-            "tools/list" => self.tools_list(&params).await,
+            "tools/list" => {
+                let dir = self.workspace_dir(sink.as_ref()).await;
+                self.tools_list(&params, &dir).await
+            }
             "tools/call" => {
                 let key = id.to_string();
                 let (cancel_tx, cancel_rx) = tokio::sync::watch::channel(false);
@@ -502,9 +571,10 @@ impl Gateway {
                     self.progress
                         .lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .insert(token.clone());
+                        .insert(token.clone(), sink.clone());
                 }
-                let result = self.tools_call(params, cancel_rx).await;
+                let dir = self.workspace_dir(sink.as_ref()).await;
+                let result = self.tools_call(params, &dir, cancel_rx).await;
                 self.cancels
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -531,7 +601,90 @@ impl Gateway {
         Some(response(&id, result))
     }
 
-    fn initialize(params: &Value) -> Value {
+    /// The directory that picks this request's workspace: the first root
+    /// the client declares, when its roots pick the workspace (asked once,
+    /// on `sink` if the request has its own stream, and again after
+    /// `notifications/roots/list_changed`); else the proxy's directory.
+    async fn workspace_dir(&self, sink: Option<&Sink>) -> PathBuf {
+        if !self.roots_wanted.load(std::sync::atomic::Ordering::SeqCst) {
+            return self.cwd.clone();
+        }
+        let mut known = self.root_dir.lock().await;
+        if let Some(dir) = &*known {
+            return dir.clone();
+        }
+        let dir = match self.ask_client("roots/list", json!({}), sink).await {
+            Ok(result) => match first_root(&result) {
+                Ok(dir) => dir,
+                Err(why) => {
+                    tracing::warn!(
+                        "the client's roots pick no workspace ({why}); using {}",
+                        self.cwd.display()
+                    );
+                    self.cwd.clone()
+                }
+            },
+            Err(why) => {
+                tracing::warn!("roots/list failed ({why}); using {}", self.cwd.display());
+                self.cwd.clone()
+            }
+        };
+        tracing::info!(dir = %dir.display(), "the client's workspace directory");
+        *known = Some(dir.clone());
+        dir
+    }
+
+    /// Sends a request to the client (on `sink`, else the session's stream)
+    /// and waits [`ROOTS_TIMEOUT`] for its result.
+    async fn ask_client(
+        &self,
+        method: &str,
+        params: Value,
+        sink: Option<&Sink>,
+    ) -> Result<Value, String> {
+        let n = self
+            .next_client_request
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let id = Value::String(format!("mcplexer-{n}"));
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.client_requests
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(id.to_string(), tx);
+        let request = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+        let sent = match sink {
+            Some(sink) => sink.send(request).is_ok(),
+            None => self.out.send(request).is_ok(),
+        };
+        let answer = if sent {
+            tokio::time::timeout(ROOTS_TIMEOUT, rx)
+                .await
+                .ok()
+                .and_then(Result::ok)
+        } else {
+            None
+        };
+        self.client_requests
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&id.to_string());
+        let Some(mut answer) = answer else {
+            return Err(format!("no answer within {} s", ROOTS_TIMEOUT.as_secs()));
+        };
+        if let Some(error) = answer.get("error") {
+            return Err(format!("the client answered {error}"));
+        }
+        Ok(answer
+            .get_mut("result")
+            .map(Value::take)
+            .unwrap_or(Value::Null))
+    }
+
+    fn initialize(&self, params: &Value) -> Value {
+        if self.use_roots && params.pointer("/capabilities/roots").is_some() {
+            self.roots_wanted
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
         let asked = params
             .get("protocolVersion")
             .and_then(Value::as_str)
@@ -550,8 +703,8 @@ impl Gateway {
     /// The scope a listing of `server`'s tools uses: that of the first allow
     /// rule routing to it in the workspace chain; none if no rule could
     /// route its tools (then it is not listed at all).
-    fn listing_scope(&self, routing: &Routing, server_id: &str) -> Option<Option<String>> {
-        for workspace in routing.table.workspaces(&self.cwd) {
+    fn listing_scope(routing: &Routing, dir: &Path, server_id: &str) -> Option<Option<String>> {
+        for workspace in routing.table.workspaces(dir) {
             let mut rules: Vec<&pb::RouteRule> = routing
                 .routes
                 .iter()
@@ -569,13 +722,13 @@ impl Gateway {
         None
     }
 
-    async fn tools_list(self: &Arc<Self>, params: &Value) -> Result<Value, CallError> {
+    async fn tools_list(self: &Arc<Self>, params: &Value, dir: &Path) -> Result<Value, CallError> {
         let routing = self.vault.routing();
         let mut servers: Vec<&pb::DownstreamServer> = routing.servers.values().collect();
         servers.sort_by(|a, b| a.tool_namespace.cmp(&b.tool_namespace));
         let mut exposed = Vec::new();
         for server in servers {
-            let Some(scope) = self.listing_scope(&routing, &server.id) else {
+            let Some(scope) = Self::listing_scope(&routing, dir, &server.id) else {
                 continue;
             };
             let tools = match self.tools_of(server, scope).await {
@@ -591,7 +744,7 @@ impl Gateway {
                     continue;
                 };
                 let name = format!("{}__{name}", server.tool_namespace);
-                if let Decision::Allow { .. } = routing.table.decide(&self.cwd, &name, &server.id) {
+                if let Decision::Allow { .. } = routing.table.decide(dir, &name, &server.id) {
                     tool["name"] = Value::String(name);
                     exposed.push(tool);
                 }
@@ -736,6 +889,7 @@ impl Gateway {
     async fn tools_call(
         self: &Arc<Self>,
         params: Value,
+        dir: &Path,
         cancel: tokio::sync::watch::Receiver<bool>,
     ) -> Result<Value, CallError> {
         let started = Instant::now();
@@ -753,7 +907,7 @@ impl Gateway {
             .ok_or_else(unknown)?
             .clone();
         let server = routing.servers.get(&server_id).ok_or_else(unknown)?.clone();
-        let decision = routing.table.decide(&self.cwd, &name, &server_id);
+        let decision = routing.table.decide(dir, &name, &server_id);
         let mut record = pb::AuditRecord {
             tool: name.clone(),
             downstream_server_id: server_id.clone(),
@@ -969,4 +1123,85 @@ fn of_server<T>(map: &HashMap<ChildKey, Arc<T>>, server_id: &str) -> Vec<Arc<T>>
 
 fn call_timeout(server: &pb::DownstreamServer) -> Duration {
     Duration::from_secs(u64::from(server.call_timeout_sec.max(1)))
+}
+
+/// The directory of the first `file://` root in a `roots/list` result,
+/// canonical when it exists here.
+fn first_root(result: &Value) -> Result<PathBuf, String> {
+    let roots = result
+        .get("roots")
+        .and_then(Value::as_array)
+        .ok_or("no roots array")?;
+    let uri = roots
+        .iter()
+        .filter_map(|r| r.get("uri").and_then(Value::as_str))
+        .find(|uri| uri.starts_with("file://"))
+        .ok_or("no file:// root")?;
+    let path = file_uri_path(uri).ok_or_else(|| format!("{uri:?} is not a local file URI"))?;
+    Ok(path.canonicalize().unwrap_or(path))
+}
+
+/// The path of a `file://` URI with an empty or `localhost` host,
+/// percent-decoded; `None` for another host, a relative path or a NUL.
+fn file_uri_path(uri: &str) -> Option<PathBuf> {
+    use std::os::unix::ffi::OsStringExt;
+    let rest = uri.strip_prefix("file://")?;
+    let rest = rest.strip_prefix("localhost").unwrap_or(rest);
+    if !rest.starts_with('/') {
+        return None;
+    }
+    let rest = rest.split(['?', '#']).next().unwrap_or(rest);
+    let mut bytes = Vec::with_capacity(rest.len());
+    let mut input = rest.bytes();
+    while let Some(b) = input.next() {
+        if b == b'%' {
+            let hex = [input.next()?, input.next()?];
+            let hex = std::str::from_utf8(&hex).ok()?;
+            bytes.push(u8::from_str_radix(hex, 16).ok()?);
+        } else {
+            bytes.push(b);
+        }
+    }
+    if bytes.contains(&0) {
+        return None;
+    }
+    Some(PathBuf::from(std::ffi::OsString::from_vec(bytes)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_uris_become_paths() {
+        let cases = [
+            ("file:///home/a/proj", Some("/home/a/proj")),
+            ("file://localhost/srv/x", Some("/srv/x")),
+            ("file:///tmp/my%20dir", Some("/tmp/my dir")),
+            ("file:///tmp/d?q=1#f", Some("/tmp/d")),
+            ("file://otherhost/x", None),
+            ("file://relative", None),
+            ("file:///bad%2", None),
+            ("file:///nul%00x", None),
+            ("https://example.com/x", None),
+        ];
+        for (uri, want) in cases {
+            assert_eq!(file_uri_path(uri), want.map(PathBuf::from), "{uri}");
+        }
+    }
+
+    #[test]
+    fn the_first_file_root_is_taken() {
+        let result = json!({"roots": [
+            {"uri": "https://example.com/"},
+            {"uri": "file:///nonexistent-root-for-test/a", "name": "a"},
+            {"uri": "file:///nonexistent-root-for-test/b"},
+        ]});
+        assert_eq!(
+            first_root(&result).unwrap(),
+            PathBuf::from("/nonexistent-root-for-test/a")
+        );
+        assert!(first_root(&json!({"roots": []})).is_err());
+        assert!(first_root(&json!({})).is_err());
+    }
 }

@@ -1,9 +1,11 @@
 //! The streamable-HTTP front end (`mcplexer-proxy serve`): one endpoint,
 //! `/mcp`, on loopback TCP or a Unix socket. POST carries one JSON-RPC
-//! message (a request is answered with `application/json`; a notification or
-//! response with 202); GET opens the session's event stream for the
-//! proxy's own notifications (list changes, progress); DELETE ends the
-//! session. Sessions are named by a random `Mcp-Session-Id`.
+//! message: a notification or response gets 202; a request gets its
+//! response as `application/json`, or as an event stream when messages about
+//! it come first (progress, or `roots/list` to learn the client's
+//! workspace). GET opens the session's event stream for the proxy's own
+//! notifications (list changes); DELETE ends the session. Sessions are
+//! named by a random `Mcp-Session-Id`.
 //!
 //! Trust: every request is checked before it is read: a present `Origin`
 //! must be a loopback origin (403 otherwise, against DNS rebinding from a
@@ -200,6 +202,7 @@ async fn post_message(
             gateway: Gateway::new(
                 served.vault.clone(),
                 served.cwd.clone(),
+                true,
                 served.log_full,
                 tx,
             ),
@@ -217,19 +220,78 @@ async fn post_message(
             Err((status, message)) => return error(status, message),
         }
     };
-    let Some(reply) = session.gateway.handle(message).await else {
-        return StatusCode::ACCEPTED.into_response();
-    };
-    let mut response = (
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "application/json")],
-        reply.to_string(),
-    )
-        .into_response();
+    // A client that cannot read an event stream gets the messages about
+    // its request on the session's GET stream instead.
+    let streams = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("text/event-stream"));
+    let mut response = answer(session.gateway.clone(), message, streams).await;
     if initialize && let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(SESSION, value);
     }
     response
+}
+
+/// Answers one message: 202 for a notification or response; for a request,
+/// its response as `application/json`, or, once the gateway has something
+/// to send about it first (a request to the client, progress), an event
+/// stream carrying those messages and then the response.
+async fn answer(gateway: Arc<Gateway>, message: Value, streams: bool) -> Response {
+    let is_request = message.get("method").is_some() && message.get("id").is_some();
+    let (sink, mut about) = mpsc::unbounded_channel();
+    let sink = streams.then_some(sink);
+    let mut handling = tokio::spawn(async move { gateway.handle_in(message, sink).await });
+    let mut first = tokio::select! {
+        biased;
+        Some(note) = about.recv() => Some(note),
+        reply = &mut handling => {
+            // Whatever it sent before finishing still goes first.
+            let first = about.try_recv().ok();
+            if first.is_none() {
+                return match reply.ok().flatten() {
+                    Some(reply) => (
+                        StatusCode::OK,
+                        [(header::CONTENT_TYPE, "application/json")],
+                        reply.to_string(),
+                    )
+                        .into_response(),
+                    None if is_request => error(StatusCode::INTERNAL_SERVER_ERROR, "the request was not answered"),
+                    None => StatusCode::ACCEPTED.into_response(),
+                };
+            }
+            first
+        }
+    };
+    let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(64);
+    tokio::spawn(async move {
+        let event =
+            |message: &Value| Ok(Bytes::from(format!("event: message\ndata: {message}\n\n")));
+        // A client that goes away does not cancel the request (that takes
+        // notifications/cancelled): it still runs, and is audited.
+        let mut open = true;
+        while let Some(note) = match first.take() {
+            Some(note) => Some(note),
+            None => about.recv().await,
+        } {
+            open = open && tx.send(event(&note)).await.is_ok();
+        }
+        if let Ok(Some(reply)) = handling.await
+            && open
+        {
+            let _ = tx.send(event(&reply)).await;
+        }
+    });
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx)),
+    )
+        .into_response()
 }
 
 async fn open_stream(State(served): State<Arc<Served>>, headers: HeaderMap) -> Response {

@@ -33,7 +33,7 @@ pub async fn run(vault: Arc<VaultLink>, cwd: PathBuf, log_full: bool) -> std::io
             }
         }
     });
-    let gateway = Gateway::new(vault, cwd, log_full, out_tx.clone());
+    let gateway = Gateway::new(vault, cwd, false, log_full, out_tx.clone());
     let mut stdin = BufReader::new(input());
     let mut line = Vec::new();
     let mut in_flight = tokio::task::JoinSet::new();

@@ -4,6 +4,7 @@
 Usage:
     mcp_client.py --cwd DIR [--env K=V ...] [--mode MODE] -- COMMAND [ARGS...]
     mcp_client.py --url URL [--mode MODE]      (a streamable-HTTP server)
+    either form also takes [--root URI ...]
 
 Starts COMMAND as an MCP server over stdio with the official Python SDK
 (``mcp`` 2.3.0: ``mcp.Client`` over ``mcp.StdioServerParameters``), in DIR and
@@ -53,7 +54,7 @@ import warnings
 from typing import Any
 
 import anyio
-from mcp import Client, StdioServerParameters
+from mcp import Client, StdioServerParameters, types
 from mcp.client import stdio as sdk_stdio
 from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
 
@@ -78,6 +79,14 @@ def parse_args() -> argparse.Namespace:
         help="an environment variable of the server (repeatable); nothing else is passed",
     )
     parser.add_argument("--mode", default="auto", help='SDK connect mode: auto, legacy or a version')
+    parser.add_argument(
+        "--root",
+        action="append",
+        default=[],
+        metavar="URI",
+        help="a root the client declares (repeatable, in order); with none the client "
+        "does not declare the roots capability",
+    )
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
     args = parser.parse_args()
     if args.command and args.command[0] == "--":
@@ -183,6 +192,19 @@ async def run_step(client: Client, step: dict[str, Any]) -> dict[str, Any]:
         return {"client_error": f"{type(e).__name__}: {e}"}
 
 
+def roots_callback(uris: list[str]) -> Any:
+    """The SDK's roots/list handler answering ``uris`` in order, or None (no
+    roots capability declared) when there are none."""
+    if not uris:
+        return None
+    roots = types.ListRootsResult(roots=[types.Root(uri=uri) for uri in uris])
+
+    async def list_roots(_context: Any) -> types.ListRootsResult:
+        return roots
+
+    return list_roots
+
+
 def describe(exc: BaseException) -> str:
     """One line per leaf exception (task groups wrap them in groups)."""
     if isinstance(exc, BaseExceptionGroup):
@@ -202,7 +224,9 @@ async def main_async(args: argparse.Namespace, steps: list[dict[str, Any]], time
     out: dict[str, Any] = {"protocol_version": None, "results": []}
     try:
         with anyio.fail_after(timeout):
-            async with Client(params, mode=args.mode, cache=None) as client:
+            async with Client(
+                params, mode=args.mode, cache=None, list_roots_callback=roots_callback(args.root)
+            ) as client:
                 phase = "session"
                 out["protocol_version"] = client.protocol_version
                 for step in steps:

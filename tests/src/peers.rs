@@ -57,10 +57,23 @@ pub fn python() -> PathBuf {
 /// streamable-HTTP MCP endpoint, runs the steps of `script` in one session
 /// and returns the driver's JSON (see [`mcp_client`]).
 pub fn mcp_client_http(url: &str, script: &serde_json::Value) -> serde_json::Value {
+    mcp_client_http_roots(url, &[], script)
+}
+
+/// Like [`mcp_client_http`], with a client that declares the `roots`
+/// capability and answers `roots/list` with `roots` (URIs, in order).
+pub fn mcp_client_http_roots(
+    url: &str,
+    roots: &[&str],
+    script: &serde_json::Value,
+) -> serde_json::Value {
     let mut cmd = Command::new(python());
     cmd.arg(peers_dir().join("mcp_client.py"))
         .arg("--url")
         .arg(url);
+    for root in roots {
+        cmd.arg("--root").arg(root);
+    }
     run_driver(cmd, script)
 }
 

@@ -166,9 +166,11 @@ fn killed_downstream_and_restarted_vault_recover_without_a_proxy_restart() {
     assert_eq!(count("error"), 1, "{records:#}");
 }
 
-#[test]
-fn two_trees_route_one_server_with_their_own_credentials() {
-    let vault = Vault::start();
+/// The seed's "one server, two credentials" example under the vault's
+/// directory: workspaces `dev` and `prod` (with `dev/src` inside dev) route
+/// server-everything (`ev`) with scopes whose `EV_TOKEN` is
+/// `dev-credential-1` and `prod-credential-2`. Returns (root, dev, prod).
+pub(crate) fn two_trees(vault: &Vault) -> (PathBuf, PathBuf, PathBuf) {
     let root = vault.root.path().canonicalize().unwrap();
     let (dev, prod) = (root.join("dev"), root.join("prod"));
     std::fs::create_dir_all(dev.join("src")).unwrap();
@@ -212,6 +214,13 @@ route_rules:
             b"prod-credential-2",
         )
         .ok();
+    (root, dev, prod)
+}
+
+#[test]
+fn two_trees_route_one_server_with_their_own_credentials() {
+    let vault = Vault::start();
+    let (root, dev, prod) = two_trees(&vault);
     let script = json!([{"op": "call", "name": "ev__get-env", "arguments": {}}]);
     let in_dev = through_proxy_in(&vault.socket, None, &dev.join("src"), script.clone());
     let in_prod = through_proxy_in(&vault.socket, None, &prod, script.clone());

@@ -5,7 +5,11 @@
 //! Proves: a client session over HTTP lists and calls routed tools with the
 //! injected credential; a foreign `Origin` is refused (403) and a foreign
 //! `Host` too (421); a request without a session id gets 400, an unknown one
-//! 404; DELETE ends the session.
+//! 404; DELETE ends the session; a client that declares roots is asked for
+//! them (on its request's event stream) and its first root picks the
+//! workspace, while one without roots gets the `--cwd` workspace; a call's
+//! progress comes on its own event stream before its result (and a client
+//! that accepts only JSON gets a JSON answer).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -13,11 +17,12 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 
-use mcplexer_tests::bin;
-use mcplexer_tests::peers::mcp_client_http;
+use mcplexer_tests::peers::{mcp_client_http, mcp_client_http_roots};
+use mcplexer_tests::{Vault, bin};
 use serde_json::json;
 
 use crate::proxy::{FIRST, env_of, error_message, start};
+use crate::proxy_lifecycle::two_trees;
 
 struct Served {
     child: Child,
@@ -175,4 +180,116 @@ fn foreign_origins_hosts_and_sessions_are_refused() {
         status.contains(" 404 "),
         "a deleted session still works: {status}"
     );
+}
+
+#[test]
+fn an_http_clients_first_root_picks_its_workspace() {
+    let vault = Vault::start();
+    let (_, dev, prod) = two_trees(&vault);
+    let served = Served::start(&vault.socket);
+    let script = json!([
+        {"op": "list_tools"},
+        {"op": "call", "name": "ev__get-env", "arguments": {}},
+    ]);
+    let dev_uri = format!("file://{}/src", dev.display());
+    let prod_uri = format!("file://{}", prod.display());
+    // The first root decides.
+    let in_dev = mcp_client_http_roots(&served.url, &[&dev_uri, &prod_uri], &script);
+    let in_prod = mcp_client_http_roots(&served.url, &[&prod_uri], &script);
+    let no_roots = mcp_client_http(&served.url, &script);
+
+    let results = |out: &serde_json::Value| out["results"].as_array().unwrap().clone();
+    let (in_dev, in_prod, no_roots) = (results(&in_dev), results(&in_prod), results(&no_roots));
+    assert!(
+        in_dev[0]["tools"].to_string().contains("ev__get-env"),
+        "{:#}",
+        in_dev[0]
+    );
+    assert_eq!(env_of(&in_dev[1])["EV_TOKEN"], "dev-credential-1");
+    assert_eq!(env_of(&in_prod[1])["EV_TOKEN"], "prod-credential-2");
+    // Without roots, the proxy's --cwd (/tmp) is in neither tree.
+    assert_eq!(no_roots[0]["tools"], json!([]), "{:#}", no_roots[0]);
+    assert!(
+        error_message(&no_roots[1]).contains("no route rule allows tool ev__get-env"),
+        "{:#}",
+        no_roots[1]
+    );
+    // The audit names each session's workspace.
+    let records = vault.ctl(["--json", "audit", "--kind", "call"]).json();
+    let workspaces: Vec<&str> = records
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["status"] == "success")
+        .map(|r| r["workspace_id"].as_str().unwrap())
+        .collect();
+    assert!(
+        workspaces.contains(&"dev") && workspaces.contains(&"prod"),
+        "{records:#}"
+    );
+}
+
+/// The JSON-RPC messages of an event-stream body (chunked or not).
+fn events(body: &str) -> Vec<serde_json::Value> {
+    body.lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(|data| serde_json::from_str(data).unwrap())
+        .collect()
+}
+
+#[test]
+fn progress_comes_on_the_calls_own_stream_before_its_result() {
+    let vault = start();
+    let served = Served::start(&vault.socket);
+    let accept_both = [
+        ("Content-Type", "application/json"),
+        ("Accept", "application/json, text/event-stream"),
+    ];
+    let (status, head, _) = served.raw_full("POST", &accept_both, INIT);
+    assert!(status.contains(" 200 "), "{status}");
+    let session = head
+        .lines()
+        .find_map(|l| l.strip_prefix("mcp-session-id: "))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let call = |id: u32| {
+        json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {
+            "name": "ev__trigger-long-running-operation",
+            "arguments": {"duration": 1, "steps": 3},
+            "_meta": {"progressToken": format!("tok-{id}")}}})
+        .to_string()
+    };
+    let headers = [
+        accept_both[0],
+        accept_both[1],
+        ("Mcp-Session-Id", session.as_str()),
+    ];
+    let (status, head, body) = served.raw_full("POST", &headers, &call(2));
+    assert!(status.contains(" 200 "), "{status}");
+    assert!(head.contains("content-type: text/event-stream"), "{head}");
+    let messages = events(&body);
+    let (last, before) = messages.split_last().unwrap();
+    assert_eq!(last["id"], 2, "the result is not last: {messages:#?}");
+    assert!(last["result"].is_object(), "{last:#}");
+    assert!(!before.is_empty(), "no progress: {messages:#?}");
+    assert!(
+        before
+            .iter()
+            .all(|m| m["method"] == "notifications/progress"
+                && m["params"]["progressToken"] == "tok-2"),
+        "{messages:#?}"
+    );
+
+    // A client that reads only JSON gets the result alone, as JSON.
+    let json_only = [
+        accept_both[0],
+        ("Accept", "application/json"),
+        ("Mcp-Session-Id", session.as_str()),
+    ];
+    let (status, head, body) = served.raw_full("POST", &json_only, &call(3));
+    assert!(status.contains(" 200 "), "{status}");
+    assert!(head.contains("content-type: application/json"), "{head}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["id"], 3, "{answer:#}");
 }
