@@ -199,6 +199,9 @@ It is never taken from the command line."
 /// `provider ...`.
 #[derive(Debug, Subcommand)]
 pub enum ProviderCommand {
+    /// List the built-in provider templates (GitHub, GitLab, Google,
+    /// Notion, Linear, ClickUp, Microsoft) with their endpoints.
+    Templates,
     /// List the OAuth providers you can see.
     List,
     /// Show one OAuth provider.
@@ -231,40 +234,70 @@ It is never taken from the command line."
 
 /// `provider create ...`.
 #[derive(Debug, Args)]
+#[command(
+    after_help = "With --template, only --client-id is needed (then `provider set-secret` \
+for a confidential client); the template fills the endpoints, scopes and parameters, and \
+any option given here overrides it. Without a template, --name, --auth-url and --token-url \
+are required."
+)]
 pub struct ProviderCreate {
-    /// Human name; the id is derived from it unless --id is given.
-    #[arg(long)]
-    pub name: String,
+    /// A built-in template (see `provider templates`).
+    #[arg(long, value_name = "TEMPLATE")]
+    pub template: Option<String>,
+    /// A template placeholder, e.g. base_url=https://gitlab.example.com or
+    /// tenant=contoso.onmicrosoft.com (repeatable).
+    #[arg(long = "template-param", value_name = "K=V", value_parser = parse_key_value)]
+    pub template_params: Vec<(String, String)>,
+    /// Human name; the id is derived from it unless --id is given
+    /// [default with a template: the template's name].
+    #[arg(long, required_unless_present = "template")]
+    pub name: Option<String>,
     /// Explicit id.
     #[arg(long)]
     pub id: Option<String>,
     /// Authorization endpoint.
-    #[arg(long, value_name = "URL")]
-    pub auth_url: String,
+    #[arg(long, value_name = "URL", required_unless_present = "template")]
+    pub auth_url: Option<String>,
     /// Token endpoint.
-    #[arg(long, value_name = "URL")]
-    pub token_url: String,
+    #[arg(long, value_name = "URL", required_unless_present = "template")]
+    pub token_url: Option<String>,
     /// Device authorization endpoint (RFC 8628).
     #[arg(long, value_name = "URL")]
     pub device_auth_url: Option<String>,
-    /// Token revocation endpoint.
+    /// Token revocation endpoint (RFC 7009).
     #[arg(long, value_name = "URL")]
     pub revocation_url: Option<String>,
+    /// The issuer an `iss` in the authorization response must equal (RFC 9207).
+    #[arg(long, value_name = "URL")]
+    pub issuer: Option<String>,
     /// An OAuth scope to request (repeatable).
     #[arg(long = "scope", value_name = "SCOPE")]
     pub scopes: Vec<String>,
+    /// What joins the scopes in requests: " ", "," or "+".
+    #[arg(long, value_name = "SEP")]
+    pub scope_separator: Option<String>,
     /// The OAuth client id.
     #[arg(long, value_name = "ID")]
     pub client_id: String,
+    /// How a client with a secret authenticates to the token endpoint.
+    #[arg(long, value_name = "METHOD", value_parser = ["client_secret_basic", "client_secret_post"])]
+    pub client_auth: Option<String>,
+    /// The body of token requests.
+    #[arg(long, value_name = "FORMAT", value_parser = ["form", "json"])]
+    pub token_format: Option<String>,
     /// Do not use PKCE.
     #[arg(long)]
     pub no_pkce: bool,
-    /// Redirect URI registered with the provider.
+    /// Redirect URI registered with the provider (loopback), where
+    /// `auth authorize` listens [default: http://127.0.0.1/callback on a free port].
     #[arg(long, value_name = "URL")]
     pub redirect_uri: Option<String>,
     /// An extra authorization parameter, e.g. access_type=offline (repeatable).
     #[arg(long = "param", value_name = "K=V", value_parser = parse_key_value)]
     pub params: Vec<(String, String)>,
+    /// A header for the token endpoints, e.g. Notion-Version=2022-06-28 (repeatable).
+    #[arg(long = "token-header", value_name = "K=V", value_parser = parse_key_value)]
+    pub token_headers: Vec<(String, String)>,
 }
 
 /// `server ...`.

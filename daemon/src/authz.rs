@@ -103,6 +103,7 @@ const RPC_TABLE: &[(&str, Access)] = &[
     ("Admin/CreateProvider", Access::Any),
     ("Admin/DeleteProvider", Access::Any),
     ("Admin/SetProviderSecret", Access::Any),
+    ("Admin/ListProviderTemplates", Access::Any),
     ("Admin/ListServers", Access::Any),
     ("Admin/GetServer", Access::Any),
     ("Admin/CreateServer", Access::Any),

@@ -13,6 +13,7 @@ pub mod cli;
 pub mod clock;
 pub mod error;
 pub mod model;
+pub mod oauth;
 pub mod ops;
 pub mod rotate;
 pub mod server;

@@ -5,7 +5,7 @@
 //! only ever says whether one is stored. Endpoint rules (https except on
 //! loopback) are the vault's to enforce.
 
-use mcplexer_proto::v1::{DeleteRequest, GetRequest, ListRequest, OAuthProvider};
+use mcplexer_proto::v1::{DeleteRequest, GetRequest, ListRequest, OAuthProvider, ProviderTemplate};
 
 use super::{Ctx, deleted, to_map};
 use crate::cli::{ProviderCommand, ProviderCreate};
@@ -16,6 +16,19 @@ use crate::sensitive;
 /// `provider list | show | create | delete | set-secret`.
 pub async fn run(ctx: &mut Ctx, cmd: ProviderCommand) -> Result<(), Failure> {
     match cmd {
+        ProviderCommand::Templates => {
+            let templates = ctx
+                .admin()
+                .await?
+                .list_provider_templates(ListRequest {})
+                .await?
+                .into_inner()
+                .templates;
+            if ctx.json {
+                return output::json(&templates);
+            }
+            Ok(output::print_text(&templates_text(&templates))?)
+        }
         ProviderCommand::List => {
             let providers = ctx
                 .admin()
@@ -84,18 +97,69 @@ pub async fn run(ctx: &mut Ctx, cmd: ProviderCommand) -> Result<(), Failure> {
 fn new_provider(args: ProviderCreate) -> Result<OAuthProvider, Failure> {
     Ok(OAuthProvider {
         id: args.id.unwrap_or_default(),
-        name: args.name,
-        auth_url: args.auth_url,
-        token_url: args.token_url,
+        name: args.name.unwrap_or_default(),
+        template: args.template.unwrap_or_default(),
+        template_params: to_map(args.template_params, "--template-param")?,
+        auth_url: args.auth_url.unwrap_or_default(),
+        token_url: args.token_url.unwrap_or_default(),
         device_auth_url: args.device_auth_url.unwrap_or_default(),
         revocation_url: args.revocation_url.unwrap_or_default(),
+        issuer: args.issuer.unwrap_or_default(),
         scopes: args.scopes,
+        scope_separator: args.scope_separator.unwrap_or_default(),
         client_id: args.client_id,
-        use_pkce: !args.no_pkce,
+        client_auth: args.client_auth.unwrap_or_default(),
+        token_format: args.token_format.unwrap_or_default(),
+        // Unset: the template's choice (or on).
+        use_pkce: args.no_pkce.then_some(false),
         redirect_uri: args.redirect_uri.unwrap_or_default(),
         extra_auth_params: to_map(args.params, "--param")?,
+        token_headers: to_map(args.token_headers, "--token-header")?,
         ..OAuthProvider::default()
     })
+}
+
+/// `provider templates` as text: one block per template.
+fn templates_text(templates: &[ProviderTemplate]) -> String {
+    let mut text = String::new();
+    for template in templates {
+        let Some(p) = &template.provider else {
+            continue;
+        };
+        let mut f = Fields::new();
+        f.add("template", &p.id)
+            .add("name", &p.name)
+            .add("auth_url", &p.auth_url)
+            .add("token_url", &p.token_url)
+            .add("device_auth_url", none_if_empty(&p.device_auth_url))
+            .add("revocation_url", none_if_empty(&p.revocation_url))
+            .add("scopes", output::list(&p.scopes))
+            .add("scope_separator", format!("{:?}", p.scope_separator))
+            .add("client_auth", &p.client_auth)
+            .add("token_format", &p.token_format)
+            .add("use_pkce", output::yes_no(p.use_pkce.unwrap_or(true)));
+        if !p.extra_auth_params.is_empty() {
+            f.add("extra_auth_params", output::pairs(&p.extra_auth_params));
+        }
+        if !p.token_headers.is_empty() {
+            f.add("token_headers", output::pairs(&p.token_headers));
+        }
+        for param in &template.params {
+            f.add(
+                "template_param",
+                format!("{}={} ({})", param.name, param.default_value, param.help),
+            );
+        }
+        f.add("notes", &template.notes)
+            .add("docs", template.docs.join(" "));
+        text.push_str(&f.render());
+        text.push('\n');
+    }
+    text
+}
+
+fn none_if_empty(s: &str) -> &str {
+    if s.is_empty() { "(none)" } else { s }
 }
 
 fn table(providers: &[OAuthProvider]) -> Table {
@@ -115,7 +179,7 @@ fn table(providers: &[OAuthProvider]) -> Table {
             p.name.clone(),
             p.template.clone(),
             p.client_id.clone(),
-            output::yes_no(p.use_pkce).to_owned(),
+            output::yes_no(p.use_pkce.unwrap_or(true)).to_owned(),
             output::yes_no(p.has_client_secret).to_owned(),
             output::owner(p.owner),
             p.source.clone(),
@@ -138,9 +202,15 @@ fn fields(p: &OAuthProvider) -> Fields {
         .add("scopes", output::list(&p.scopes))
         .add("client_id", &p.client_id)
         .add("has_client_secret", output::yes_no(p.has_client_secret))
-        .add("use_pkce", output::yes_no(p.use_pkce))
+        .add("use_pkce", output::yes_no(p.use_pkce.unwrap_or(true)))
         .add("redirect_uri", &p.redirect_uri)
-        .add("extra_auth_params", output::pairs(&p.extra_auth_params));
+        .add("extra_auth_params", output::pairs(&p.extra_auth_params))
+        .add("issuer", &p.issuer)
+        .add("scope_separator", format!("{:?}", p.scope_separator))
+        .add("client_auth", &p.client_auth)
+        .add("token_format", &p.token_format)
+        .add("token_headers", output::pairs(&p.token_headers))
+        .add("template_params", output::pairs(&p.template_params));
     f
 }
 
@@ -175,7 +245,7 @@ mod tests {
     #[test]
     fn defaults() {
         let p = create(&[]).unwrap();
-        assert!(p.use_pkce);
+        assert_eq!(p.use_pkce, None);
         assert!(p.id.is_empty());
         assert!(p.extra_auth_params.is_empty());
         assert_eq!(p.client_id, "cid");
@@ -195,7 +265,7 @@ mod tests {
             "prompt=consent",
         ])
         .unwrap();
-        assert!(!p.use_pkce);
+        assert_eq!(p.use_pkce, Some(false));
         assert_eq!(p.scopes, ["repo", "read:org"]);
         assert_eq!(p.extra_auth_params["access_type"], "offline");
         let text = fields(&p).render();
@@ -204,6 +274,33 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("has_client_secret: no\n"), "{text}");
+    }
+
+    #[test]
+    fn a_template_needs_only_a_client_id() {
+        let cli = Cli::try_parse_from([
+            "mcplexerctl",
+            "provider",
+            "create",
+            "--template",
+            "gitlab",
+            "--template-param",
+            "base_url=https://git.example.com",
+            "--client-id",
+            "cid",
+        ])
+        .unwrap();
+        let Command::Provider(ProviderCommand::Create(c)) = cli.command else {
+            panic!("wrong command");
+        };
+        let p = new_provider(*c).unwrap();
+        assert_eq!(p.template, "gitlab");
+        assert_eq!(p.template_params["base_url"], "https://git.example.com");
+        assert!(p.auth_url.is_empty() && p.name.is_empty());
+        // Without a template the endpoints are required.
+        let err = Cli::try_parse_from(["mcplexerctl", "provider", "create", "--client-id", "c"])
+            .unwrap_err();
+        assert!(err.to_string().contains("--name"), "{err}");
     }
 
     #[test]

@@ -283,22 +283,86 @@ pub struct ProviderSpec {
     /// OAuth client id (may be set later).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub client_id: String,
-    /// Use PKCE (S256); on unless set to false.
-    #[serde(default = "default_true")]
-    pub use_pkce: bool,
+    /// Use PKCE (S256). Unset: the template's choice, else on. Always set
+    /// once normalized.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub use_pkce: Option<bool>,
     /// Loopback redirect URI the CLI listens on.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub redirect_uri: String,
     /// Extra authorization parameters (e.g. `access_type: offline`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub extra_auth_params: BTreeMap<String, String>,
+    /// (+) The authorization server's issuer identifier: an `iss` in the
+    /// authorization response must equal it (RFC 9207).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub issuer: String,
+    /// (+) What joins `scopes` in requests: a space unless the provider
+    /// wants another (Linear: `,`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub scope_separator: String,
+    /// (+) How a client with a secret authenticates to the token endpoint
+    /// (unset: the template's, else `client_secret_basic`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_auth: Option<ClientAuth>,
+    /// (+) The body of token and revocation requests (unset: the
+    /// template's, else `form`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_format: Option<TokenFormat>,
+    /// (+) Non-secret headers for the token, device and revocation
+    /// endpoints (Notion: `Notion-Version`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub token_headers: BTreeMap<String, String>,
+    /// (+) Values for a template's placeholders: `base_url` (GitLab,
+    /// GitHub Enterprise), `tenant` (Microsoft).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub template_params: BTreeMap<String, String>,
     /// Owning user; defaults to the creator.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<OwnerSpec>,
 }
 
-fn default_true() -> bool {
-    true
+/// How a confidential client authenticates to the token endpoint (a
+/// client without a stored secret sends only its `client_id`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    /// HTTP Basic with the id and secret (RFC 6749 §2.3.1).
+    #[default]
+    ClientSecretBasic,
+    /// `client_id` and `client_secret` in the request body.
+    ClientSecretPost,
+}
+
+impl ClientAuth {
+    /// Its configuration name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ClientSecretBasic => "client_secret_basic",
+            Self::ClientSecretPost => "client_secret_post",
+        }
+    }
+}
+
+/// The body of a token or revocation request.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenFormat {
+    /// `application/x-www-form-urlencoded` (RFC 6749).
+    #[default]
+    Form,
+    /// A JSON object (Notion).
+    Json,
+}
+
+impl TokenFormat {
+    /// Its configuration name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Form => "form",
+            Self::Json => "json",
+        }
+    }
 }
 
 /// A downstream MCP server (`downstream_servers`).

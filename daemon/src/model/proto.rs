@@ -69,8 +69,8 @@ impl ScopeSpec {
 
 impl ProviderSpec {
     /// From a create request.
-    pub fn from_proto(p: pb::OAuthProvider) -> Self {
-        Self {
+    pub fn from_proto(p: pb::OAuthProvider) -> Result<Self, String> {
+        Ok(Self {
             id: p.id,
             name: p.name,
             template: p.template,
@@ -83,8 +83,24 @@ impl ProviderSpec {
             use_pkce: p.use_pkce,
             redirect_uri: p.redirect_uri,
             extra_auth_params: p.extra_auth_params.into_iter().collect(),
+            issuer: p.issuer,
+            scope_separator: p.scope_separator,
+            client_auth: match p.client_auth.as_str() {
+                "" => None,
+                other => Some(parse_enum(
+                    "client_auth",
+                    other,
+                    "client_secret_basic, client_secret_post",
+                )?),
+            },
+            token_format: match p.token_format.as_str() {
+                "" => None,
+                other => Some(parse_enum("token_format", other, "form, json")?),
+            },
+            token_headers: p.token_headers.into_iter().collect(),
+            template_params: p.template_params.into_iter().collect(),
             owner: p.owner.map(OwnerSpec::Uid),
-        }
+        })
     }
 }
 
@@ -191,6 +207,12 @@ pub fn provider_to_proto(obj: &Obj<ProviderSpec>, state: &ConfigState) -> pb::OA
         use_pkce: p.use_pkce,
         redirect_uri: p.redirect_uri.clone(),
         extra_auth_params: p.extra_auth_params.clone().into_iter().collect(),
+        issuer: p.issuer.clone(),
+        scope_separator: p.scope_separator.clone(),
+        client_auth: p.client_auth.unwrap_or_default().as_str().into(),
+        token_format: p.token_format.unwrap_or_default().as_str().into(),
+        token_headers: p.token_headers.clone().into_iter().collect(),
+        template_params: p.template_params.clone().into_iter().collect(),
         source: obj.source.as_str().into(),
         owner: owner(&p.owner),
         has_client_secret: state.provider_secrets.contains(&p.id),

@@ -204,6 +204,25 @@ impl Normalize for ScopeSpec {
 impl Normalize for ProviderSpec {
     const KIND: Kind = Kind::Provider;
     fn normalize(&mut self, default_owner: Option<u32>) -> Result<(), String> {
+        if !self.template.is_empty() {
+            let template = crate::oauth::templates::find(&self.template).ok_or_else(|| {
+                format!(
+                    "template {:?} is not a built-in provider template (there are: {})",
+                    self.template,
+                    crate::oauth::templates::names()
+                )
+            })?;
+            if self.name.is_empty() {
+                template.name.clone_into(&mut self.name);
+            }
+            template.apply_to(self)?;
+        } else if !self.template_params.is_empty() {
+            return Err("template_params apply to a provider with a template only".into());
+        }
+        self.use_pkce.get_or_insert(true);
+        if self.scope_separator.is_empty() {
+            self.scope_separator = " ".into();
+        }
         fill_id(&mut self.id, &self.name)?;
         resolve_owner(&mut self.owner, default_owner)?;
         check_endpoint("auth_url", &self.auth_url)?;
@@ -211,6 +230,7 @@ impl Normalize for ProviderSpec {
         for (field, value) in [
             ("device_auth_url", &self.device_auth_url),
             ("revocation_url", &self.revocation_url),
+            ("issuer", &self.issuer),
         ] {
             if !value.is_empty() {
                 check_endpoint(field, value)?;
@@ -227,14 +247,31 @@ impl Normalize for ProviderSpec {
                 ));
             }
         }
+        let separator = self.scope_separator.as_str();
         if let Some(bad) = self
             .scopes
             .iter()
-            .find(|s| s.is_empty() || s.chars().any(char::is_whitespace))
+            .find(|s| s.is_empty() || s.chars().any(char::is_whitespace) || s.contains(separator))
         {
             return Err(format!(
-                "scopes entry {bad:?} is empty or contains whitespace"
+                "scopes entry {bad:?} is empty or contains whitespace or the scope separator"
             ));
+        }
+        if separator.len() != 1 || !matches!(separator, " " | "," | "+") {
+            return Err(format!(
+                "scope_separator {separator:?} is not one of \" \", \",\" or \"+\""
+            ));
+        }
+        for (name, value) in &self.token_headers {
+            let valid_name = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b));
+            if !valid_name || value.bytes().any(|b| b.is_ascii_control()) {
+                return Err(format!(
+                    "token_headers entry {name:?} is not a valid HTTP header"
+                ));
+            }
         }
         Ok(())
     }

@@ -375,6 +375,21 @@ impl Admin for AdminService {
         })
     }
 
+    async fn list_provider_templates(
+        &self,
+        request: Request<pb::ListRequest>,
+    ) -> Reply<pb::ListProviderTemplatesResponse> {
+        self.0
+            .authorize(&request, "Admin/ListProviderTemplates")
+            .await?;
+        ok(pb::ListProviderTemplatesResponse {
+            templates: crate::oauth::templates::TEMPLATES
+                .iter()
+                .map(crate::oauth::templates::Template::to_proto)
+                .collect(),
+        })
+    }
+
     async fn get_provider(&self, request: Request<pb::GetRequest>) -> Reply<pb::OAuthProvider> {
         let caller = self.0.authorize(&request, "Admin/GetProvider").await?;
         ok(self.get(&caller, &request.into_inner().id, provider_p)?)
@@ -385,7 +400,7 @@ impl Admin for AdminService {
         request: Request<pb::OAuthProvider>,
     ) -> Reply<pb::OAuthProvider> {
         let caller = self.0.authorize(&request, "Admin/CreateProvider").await?;
-        let spec = Ok(ProviderSpec::from_proto(request.into_inner()));
+        let spec = ProviderSpec::from_proto(request.into_inner());
         ok(self
             .create(&caller, "Admin/CreateProvider", spec, provider_p)
             .await?)

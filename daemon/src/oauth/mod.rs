@@ -1,0 +1,4 @@
+//! OAuth 2 in the vault: provider templates, the authorization-code (PKCE)
+//! and device flows, encrypted tokens and their refresh.
+
+pub mod templates;
