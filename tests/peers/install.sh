@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs the real MCP peers the end-to-end tests drive, at the versions
-# pinned here: the npm packages of package-lock.json into node_modules/, and
+# Installs the real peers the end-to-end tests drive, at the versions pinned
+# here: the npm packages of package-lock.json (MCP server-everything, the
+# oidc-provider authorization server) into node_modules/, and
 # the Python packages of requirements.txt into .venv/. Idempotent and fast on
 # a re-run: each half is skipped while a stamp of its inputs (pins, tool
 # versions) matches. Run from anywhere; needs node + npm and python3 >= 3.10.
@@ -16,13 +17,24 @@ stamp_of() {
 STAMP_TOOLS="node $(node --version) npm $(npm --version)"
 npm_stamp=$(stamp_of package.json package-lock.json)
 npm_stamp_file=node_modules/.mcplexer-peers-stamp
-entry=node_modules/@modelcontextprotocol/server-everything/dist/index.js
-if [ -f "$entry" ] && [ "$(cat "$npm_stamp_file" 2>/dev/null)" = "$npm_stamp" ]; then
+# The entry points the tests run: server-everything's CLI and the
+# authorization server that oauth_server.mjs builds on.
+entries=(
+    node_modules/@modelcontextprotocol/server-everything/dist/index.js
+    node_modules/oidc-provider/lib/index.js
+)
+all_present() {
+    local entry
+    for entry in "${entries[@]}"; do [ -f "$entry" ] || return 1; done
+}
+if all_present && [ "$(cat "$npm_stamp_file" 2>/dev/null)" = "$npm_stamp" ]; then
     echo "peers: node_modules up to date"
 else
     echo "peers: npm ci"
     npm ci --no-audit --no-fund
-    test -f "$entry" || { echo "peers: $entry missing after npm ci" >&2; exit 1; }
+    for entry in "${entries[@]}"; do
+        test -f "$entry" || { echo "peers: $entry missing after npm ci" >&2; exit 1; }
+    done
     echo "$npm_stamp" >"$npm_stamp_file"
 fi
 

@@ -9,6 +9,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod bench;
+pub mod oauth;
 pub mod peers;
 
 use std::ffi::OsStr;

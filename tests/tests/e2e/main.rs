@@ -4,6 +4,7 @@
 #![allow(missing_docs)]
 
 mod bad_input;
+mod oauth_peer;
 mod crash;
 mod peers;
 mod peers_smoke;
