@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "mcplexer/v1/objects.proto",
         "mcplexer/v1/admin.proto",
         "mcplexer/v1/vault.proto",
+        "mcplexer/v1/auth.proto",
     ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");

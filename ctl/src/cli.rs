@@ -96,6 +96,9 @@ pub enum Command {
     Route(RouteCommand),
     /// Query or follow the audit log.
     Audit(AuditArgs),
+    /// OAuth 2 authorization of oauth2 scopes (authorize, status, revoke).
+    #[command(subcommand)]
+    Auth(AuthCommand),
     /// Manage the vault's age identity.
     #[command(subcommand)]
     Identity(IdentityCommand),
@@ -194,6 +197,56 @@ It is never taken from the command line."
         /// The key.
         key: String,
     },
+}
+
+/// `auth ...`.
+#[derive(Debug, Subcommand)]
+pub enum AuthCommand {
+    /// Authorize an oauth2 scope at its provider: in a browser (PKCE), or
+    /// with --device on another device.
+    Authorize(AuthAuthorize),
+    /// Show the authorization state of oauth2 scopes: status, expiry,
+    /// granted scopes, last refresh.
+    Status {
+        /// One scope [default: every oauth2 scope you can see].
+        scope: Option<String>,
+    },
+    /// Revoke a scope's tokens at the provider (RFC 7009, when it has an
+    /// endpoint) and delete them from the vault.
+    Revoke {
+        /// The scope.
+        scope: String,
+        /// Only delete them from the vault (after revoking the grant at the
+        /// provider by other means).
+        #[arg(long)]
+        local: bool,
+    },
+}
+
+/// `auth authorize SCOPE ...`.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "The browser flow listens on the provider's loopback redirect URI \
+(http://127.0.0.1/callback on a free port unless the provider names a port). With \
+--no-browser the URL is printed as the first line on stdout. The PKCE verifier and the \
+client secret stay in the vault, which exchanges the code."
+)]
+pub struct AuthAuthorize {
+    /// The oauth2 scope.
+    pub scope: String,
+    /// Print the URL instead of opening a browser.
+    #[arg(long)]
+    pub no_browser: bool,
+    /// Use the device authorization grant (RFC 8628): a code to enter on
+    /// another device.
+    #[arg(long, conflicts_with_all = ["no_browser", "redirect_uri"])]
+    pub device: bool,
+    /// How long to wait for the browser, in seconds (at most 600).
+    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    pub timeout: u64,
+    /// Listen on this loopback URI instead of the provider's redirect_uri.
+    #[arg(long, value_name = "URL")]
+    pub redirect_uri: Option<String>,
 }
 
 /// `provider ...`.

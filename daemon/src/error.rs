@@ -54,6 +54,20 @@ pub enum VaultError {
         /// A command that fixes it, if one exists.
         fix: Option<String>,
     },
+    /// An oauth2 scope cannot give a token now: it was never authorized,
+    /// its grant is gone, or its provider failed.
+    #[error("{message}")]
+    OAuth {
+        /// The stable code (`UNAUTHORIZED`, `REAUTHORIZATION_REQUIRED`,
+        /// `TOKEN_EXPIRED`, `PROVIDER_ERROR`, `PROVIDER_UNAVAILABLE`).
+        code: &'static str,
+        /// What happened, naming the scope.
+        message: String,
+        /// The command that fixes it, if one exists.
+        fix: Option<String>,
+        /// Whether trying again later may succeed by itself.
+        retryable: bool,
+    },
     /// The database failed.
     #[error("database error: {0}")]
     Database(#[from] rusqlite::Error),
@@ -115,6 +129,7 @@ impl VaultError {
             Self::NotFound { .. } => "NOT_FOUND",
             Self::AlreadyExists { .. } => "ALREADY_EXISTS",
             Self::FailedPrecondition { .. } => "FAILED_PRECONDITION",
+            Self::OAuth { code, .. } => code,
             Self::Database(_) => "DATABASE",
             Self::Crypto(_) => "CRYPTO",
             Self::Io { .. } => "IO",
@@ -126,7 +141,8 @@ impl VaultError {
         match self {
             Self::Invalid { fix, .. }
             | Self::NotFound { fix, .. }
-            | Self::FailedPrecondition { fix, .. } => fix.as_deref(),
+            | Self::FailedPrecondition { fix, .. }
+            | Self::OAuth { fix, .. } => fix.as_deref(),
             _ => None,
         }
     }
@@ -143,6 +159,13 @@ impl From<VaultError> for tonic::Status {
             VaultError::NotFound { .. } => Code::NotFound,
             VaultError::AlreadyExists { .. } => Code::AlreadyExists,
             VaultError::FailedPrecondition { .. } => Code::FailedPrecondition,
+            VaultError::OAuth { retryable, .. } => {
+                if *retryable {
+                    Code::Unavailable
+                } else {
+                    Code::FailedPrecondition
+                }
+            }
             VaultError::Unavailable => Code::Unavailable,
             VaultError::Database(_) | VaultError::Crypto(_) | VaultError::Io { .. } => {
                 Code::Internal

@@ -272,6 +272,7 @@ pub async fn run(cli: Cli) -> Result<(), StartError> {
         .await
         .map_err(StartError)?;
     let retention_days = cli.audit_retention_days;
+    let tokens = crate::oauth::tokens::Tokens::load(&store).await?;
     let shared = Arc::new(Shared {
         store: store.clone(),
         journal: journal.clone(),
@@ -289,6 +290,8 @@ pub async fn run(cli: Cli) -> Result<(), StartError> {
             started: Instant::now(),
         },
         rotation: tokio::sync::Mutex::new(()),
+        tokens,
+        flows: crate::oauth::flows::Flows::default(),
     });
     tokio::spawn(prune_audit(store, retention_days));
     tracing::info!(

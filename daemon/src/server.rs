@@ -9,6 +9,7 @@ use std::task::{Context, Poll};
 
 use mcplexer_proto::MAX_MESSAGE_SIZE;
 use mcplexer_proto::v1::admin_server::AdminServer;
+use mcplexer_proto::v1::auth_server::AuthServer;
 use mcplexer_proto::v1::vault_server::VaultServer;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{UnixListener, UnixStream};
@@ -16,7 +17,7 @@ use tokio_stream::StreamExt;
 use tonic::transport::server::Connected;
 
 use crate::authz::PeerInfo;
-use crate::service::{AdminService, Shared, VaultService};
+use crate::service::{AdminService, AuthService, Shared, VaultService};
 use crate::sys;
 
 /// A connection with the peer credentials the kernel recorded at connect.
@@ -149,12 +150,16 @@ pub async fn serve(
     let admin = AdminServer::new(AdminService(shared.clone()))
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);
+    let auth = AuthServer::new(AuthService(shared.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_SIZE)
+        .max_encoding_message_size(MAX_MESSAGE_SIZE);
     let vault = VaultServer::new(VaultService::new(shared))
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);
     let result = tonic::transport::Server::builder()
         .concurrency_limit_per_connection(256)
         .add_service(admin)
+        .add_service(auth)
         .add_service(vault)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;

@@ -130,3 +130,10 @@ pub fn vault_client(channel: Channel) -> v1::vault_client::VaultClient<Channel> 
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE)
 }
+
+/// An Auth client with the vault's message size limits.
+pub fn auth_client(channel: Channel) -> v1::auth_client::AuthClient<Channel> {
+    v1::auth_client::AuthClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_SIZE)
+        .max_encoding_message_size(MAX_MESSAGE_SIZE)
+}

@@ -7,6 +7,7 @@
 //! role.
 
 mod audit;
+mod auth;
 mod provider;
 mod routing;
 mod scope;
@@ -88,6 +89,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Workspace(cmd) => routing::workspace(&mut ctx, cmd).await,
         Command::Route(cmd) => routing::route(&mut ctx, cmd).await,
         Command::Audit(args) => audit::run(&mut ctx, args).await,
+        Command::Auth(cmd) => auth::run(&mut ctx, cmd).await,
     };
     result.map_err(|f| f.with_socket(&socket))
 }

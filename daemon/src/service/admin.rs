@@ -24,6 +24,15 @@ pub struct AdminService(pub SharedRef);
 type Reply<T> = std::result::Result<Response<T>, Status>;
 
 impl AdminService {
+    /// A scope as the API shows it, with its OAuth status.
+    fn scope_p(&self, o: &Obj<ScopeSpec>, s: &ConfigState) -> pb::AuthScope {
+        let mut scope = model::scope_to_proto(o, s);
+        if o.spec.kind == model::ScopeType::Oauth2 {
+            scope.status = super::auth::scope_status(&self.0.tokens, &o.spec);
+        }
+        scope
+    }
+
     fn visible(&self, caller: &Caller) -> ConfigState {
         self.0.authz.visible(caller, &self.0.store.snapshot())
     }
@@ -156,9 +165,6 @@ impl AdminService {
     }
 }
 
-fn scope_p(o: &Obj<ScopeSpec>, s: &ConfigState) -> pb::AuthScope {
-    model::scope_to_proto(o, s)
-}
 fn provider_p(o: &Obj<ProviderSpec>, s: &ConfigState) -> pb::OAuthProvider {
     model::provider_to_proto(o, s)
 }
@@ -283,20 +289,22 @@ impl Admin for AdminService {
     ) -> Reply<pb::ListScopesResponse> {
         let caller = self.0.authorize(&request, "Admin/ListScopes").await?;
         ok(pb::ListScopesResponse {
-            scopes: self.list(&caller, scope_p),
+            scopes: self.list(&caller, |o, s| self.scope_p(o, s)),
         })
     }
 
     async fn get_scope(&self, request: Request<pb::GetRequest>) -> Reply<pb::AuthScope> {
         let caller = self.0.authorize(&request, "Admin/GetScope").await?;
-        ok(self.get(&caller, &request.into_inner().id, scope_p)?)
+        ok(self.get(&caller, &request.into_inner().id, |o, s| self.scope_p(o, s))?)
     }
 
     async fn create_scope(&self, request: Request<pb::AuthScope>) -> Reply<pb::AuthScope> {
         let caller = self.0.authorize(&request, "Admin/CreateScope").await?;
         let spec = ScopeSpec::from_proto(request.into_inner());
         ok(self
-            .create(&caller, "Admin/CreateScope", spec, scope_p)
+            .create(&caller, "Admin/CreateScope", spec, |o, s| {
+                self.scope_p(o, s)
+            })
             .await?)
     }
 

@@ -6,6 +6,7 @@
 //! credentials (see `authz`); request fields never name the caller.
 
 mod admin;
+mod auth;
 mod vault;
 
 use std::path::PathBuf;
@@ -22,6 +23,7 @@ use crate::store::{AuditJournal, Store, WriteCtx};
 use crate::vault::IdentityOrigin;
 
 pub use admin::AdminService;
+pub use auth::AuthService;
 pub use vault::VaultService;
 
 /// Facts about the running daemon the services report or need.
@@ -50,6 +52,10 @@ pub struct Shared {
     pub info: DaemonInfo,
     /// Serialises identity rotations.
     pub rotation: tokio::sync::Mutex<()>,
+    /// OAuth tokens: their state, release and refresh.
+    pub tokens: crate::oauth::tokens::Tokens,
+    /// Authorization-code flows in progress.
+    pub flows: crate::oauth::flows::Flows,
 }
 
 impl Shared {

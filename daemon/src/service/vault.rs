@@ -132,10 +132,7 @@ impl VaultService {
             VaultError::TransportMismatch { message }
         })?;
         if scope.spec.kind == ScopeType::Oauth2 {
-            return Err(VaultError::FailedPrecondition {
-                message: format!("auth_scope {scope_id} has no OAuth token yet"),
-                fix: Some(format!("mcplexerctl auth authorize {scope_id}")),
-            });
+            return self.release_token(&snap, &scope.spec, &server.spec).await;
         }
         let version = snap.config.secrets.get(scope_id).map_or(0, |m| m.version);
         let cached = self.values(scope_id, version).await?;
@@ -161,6 +158,55 @@ impl VaultService {
             expires_at_ms: 0,
             scrub,
             redaction_hints: scope.spec.redaction_hints.clone(),
+        })
+    }
+
+    /// An oauth2 scope's access token (refreshed if due): in
+    /// `token_env_var` for a stdio server, as `Authorization: Bearer` for
+    /// an http one.
+    async fn release_token(
+        &self,
+        snap: &crate::store::Snapshot,
+        scope: &model::ScopeSpec,
+        server: &model::ServerSpec,
+    ) -> Result<pb::Credential> {
+        let Some(provider) = snap.config.providers.get(&scope.oauth_provider_id) else {
+            return Err(VaultError::not_found(
+                "oauth_provider",
+                &scope.oauth_provider_id,
+                "provider",
+            ));
+        };
+        let access = self
+            .shared
+            .tokens
+            .access(&self.shared.store, scope, &provider.spec)
+            .await?;
+        // As with secret values, these copies go into the response message,
+        // which tonic encodes and drops without wiping.
+        let (kind, name, value) = match server.transport {
+            model::Transport::Http => (
+                "header",
+                "Authorization".to_owned(),
+                format!("Bearer {}", access.token.as_str()).into_bytes(),
+            ),
+            model::Transport::Stdio => (
+                "env",
+                if scope.token_env_var.is_empty() {
+                    "ACCESS_TOKEN".to_owned()
+                } else {
+                    scope.token_env_var.clone()
+                },
+                access.token.as_bytes().to_vec(),
+            ),
+        };
+        Ok(pb::Credential {
+            kind: kind.into(),
+            values: vec![pb::CredentialValue { name, value }],
+            version: access.version,
+            expires_at_ms: access.expires_at_ms.unwrap_or(0),
+            scrub: vec![access.token.as_bytes().to_vec()],
+            redaction_hints: scope.redaction_hints.clone(),
         })
     }
 

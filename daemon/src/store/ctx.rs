@@ -10,7 +10,9 @@ use serde::de::DeserializeOwned;
 
 use crate::error::{Result, VaultError};
 use crate::model::{ConfigState, Kind, Obj, SecretMeta, Source};
+use crate::oauth::tokens::{TokenMeta, TokenSet};
 use crate::vault::{Keyring, SecretMap};
+use zeroize::Zeroizing;
 
 /// A write job's view of the store: the configuration as of the jobs before
 /// it (copied on first change), the keyring, and the SQL it may run.
@@ -108,6 +110,9 @@ impl<'a> WriteCtx<'a> {
                 self.conn
                     .prepare_cached("DELETE FROM scope_secrets WHERE scope_id = ?1")?
                     .execute(params![id])?;
+                self.conn
+                    .prepare_cached("DELETE FROM oauth_tokens WHERE scope_id = ?1")?
+                    .execute(params![id])?;
             }
             Kind::Provider => {
                 self.conn
@@ -127,16 +132,22 @@ impl<'a> WriteCtx<'a> {
         }
     }
 
-    /// Encrypts and stores a scope's values under a new version.
-    pub fn store_secrets(&mut self, scope_id: &str, map: &SecretMap) -> Result<u64> {
-        let ciphertext = self.keyring().encrypt(&map.encode())?;
-        let version: i64 = self.conn.query_row(
+    /// The next version of a scope's material (secrets or tokens): one
+    /// counter for both, so a version is never reused.
+    fn next_version(&self) -> Result<i64> {
+        Ok(self.conn.query_row(
             "INSERT INTO meta (key, value) VALUES ('secret_version', '1')
              ON CONFLICT (key) DO UPDATE SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT)
              RETURNING CAST(value AS INTEGER)",
             [],
             |r| r.get(0),
-        )?;
+        )?)
+    }
+
+    /// Encrypts and stores a scope's values under a new version.
+    pub fn store_secrets(&mut self, scope_id: &str, map: &SecretMap) -> Result<u64> {
+        let ciphertext = self.keyring().encrypt(&map.encode())?;
+        let version = self.next_version()?;
         let keys = map.keys();
         let keys_json = serde_json::to_string(&keys).unwrap_or_else(|_| "[]".into());
         self.conn
@@ -168,6 +179,48 @@ impl<'a> WriteCtx<'a> {
             .provider_secrets
             .insert(provider_id.to_owned());
         Ok(())
+    }
+
+    /// Decrypts a provider's client secret, if one is stored.
+    pub fn load_provider_secret(&self, provider_id: &str) -> Result<Option<Zeroizing<Vec<u8>>>> {
+        read_provider_secret(self.conn, self.keyring(), provider_id)
+    }
+
+    /// Encrypts and stores an oauth2 scope's tokens with `meta`, under a new
+    /// version (set in `meta`, and returned).
+    pub fn store_tokens(
+        &self,
+        scope_id: &str,
+        tokens: &TokenSet,
+        meta: &mut TokenMeta,
+    ) -> Result<u64> {
+        let ciphertext = self.keyring().encrypt(&tokens.encode())?;
+        meta.version = self.next_version()? as u64;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO oauth_tokens (scope_id, ciphertext, meta) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (scope_id) DO UPDATE SET
+                   ciphertext = excluded.ciphertext, meta = excluded.meta",
+            )?
+            .execute(params![scope_id, ciphertext, meta.encode()])?;
+        Ok(meta.version)
+    }
+
+    /// Replaces what is known of a scope's tokens, keeping the tokens.
+    pub fn update_token_meta(&self, scope_id: &str, meta: &TokenMeta) -> Result<()> {
+        self.conn
+            .prepare_cached("UPDATE oauth_tokens SET meta = ?2 WHERE scope_id = ?1")?
+            .execute(params![scope_id, meta.encode()])?;
+        Ok(())
+    }
+
+    /// Deletes a scope's tokens; whether there were any.
+    pub fn delete_tokens(&self, scope_id: &str) -> Result<bool> {
+        Ok(self
+            .conn
+            .prepare_cached("DELETE FROM oauth_tokens WHERE scope_id = ?1")?
+            .execute(params![scope_id])?
+            > 0)
     }
 
     /// Appends an audit record (its time must be stamped); returns its id.
@@ -218,6 +271,7 @@ impl<'a> WriteCtx<'a> {
         for (table, key) in [
             ("scope_secrets", "scope_id"),
             ("provider_secrets", "provider_id"),
+            ("oauth_tokens", "scope_id"),
         ] {
             let rows: Vec<(String, Vec<u8>)> = self
                 .conn
@@ -239,6 +293,49 @@ impl<'a> WriteCtx<'a> {
         )?;
         Ok(count)
     }
+}
+
+/// A provider's client secret, decrypted, if one is stored.
+pub(crate) fn read_provider_secret(
+    conn: &Connection,
+    keyring: &Keyring,
+    provider_id: &str,
+) -> Result<Option<Zeroizing<Vec<u8>>>> {
+    let ciphertext: Option<Vec<u8>> = conn
+        .prepare_cached("SELECT ciphertext FROM provider_secrets WHERE provider_id = ?1")?
+        .query_row(params![provider_id], |r| r.get(0))
+        .optional()?;
+    ciphertext.map(|c| keyring.decrypt(&c)).transpose()
+}
+
+/// A scope's stored tokens, decrypted, and their meta.
+pub(crate) fn read_tokens(
+    conn: &Connection,
+    keyring: &Keyring,
+    scope_id: &str,
+) -> Result<Option<(TokenSet, TokenMeta)>> {
+    let row: Option<(Vec<u8>, String)> = conn
+        .prepare_cached("SELECT ciphertext, meta FROM oauth_tokens WHERE scope_id = ?1")?
+        .query_row(params![scope_id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let Some((ciphertext, meta)) = row else {
+        return Ok(None);
+    };
+    let tokens = TokenSet::decode(&keyring.decrypt(&ciphertext)?)?;
+    Ok(Some((tokens, TokenMeta::decode(scope_id, &meta)?)))
+}
+
+/// What is known of every scope's tokens (no token), by scope id.
+pub(crate) fn read_token_metas(conn: &Connection) -> Result<Vec<(String, TokenMeta)>> {
+    let mut stmt = conn.prepare("SELECT scope_id, meta FROM oauth_tokens")?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (id, meta) = row?;
+        let meta = TokenMeta::decode(&id, &meta)?;
+        out.push((id, meta));
+    }
+    Ok(out)
 }
 
 /// A scope's ciphertext and version, if it has stored values.

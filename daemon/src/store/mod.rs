@@ -32,7 +32,7 @@ use crate::vault::Keyring;
 
 pub use audit::AuditFilter;
 pub use ctx::WriteCtx;
-pub(crate) use ctx::read_scope_ciphertext;
+pub(crate) use ctx::{read_provider_secret, read_scope_ciphertext, read_token_metas, read_tokens};
 pub use journal::AuditJournal;
 
 /// How many queued jobs one transaction takes at most.

@@ -50,6 +50,13 @@ const MIGRATIONS: &[&str] = &[
          action        TEXT NOT NULL
      ) STRICT;
      CREATE INDEX audit_time ON audit (time_ms);",
+    // 2: OAuth tokens: the tokens encrypted, what is known of them in clear
+    // (status, expiry, granted scopes; never a token) as JSON.
+    "CREATE TABLE oauth_tokens (
+         scope_id   TEXT PRIMARY KEY,
+         ciphertext BLOB NOT NULL,
+         meta       TEXT NOT NULL
+     ) STRICT;",
 ];
 
 /// Sets the pragmas every connection of the writer uses.

@@ -4,8 +4,8 @@
 #![allow(missing_docs)]
 
 mod bad_input;
-mod oauth_peer;
 mod crash;
+mod oauth_peer;
 mod peers;
 mod peers_smoke;
 mod probe;

@@ -1,0 +1,404 @@
+//! The vault's client for a provider's token, device-authorization and
+//! revocation endpoints, written against RFC 6749, 7009 and 8628 and the
+//! providers' deviations that the templates name: client authentication by
+//! Basic or in the body, form or JSON bodies (Notion), extra headers
+//! (Notion-Version), errors answered with HTTP 200 and form-encoded answers
+//! (GitHub), and granted scopes as a space- or comma-separated string or an
+//! array (GitHub, Linear).
+//!
+//! Endpoints were checked when the provider was configured (https, or http
+//! on a loopback host). Redirects are not followed: a token endpoint that
+//! redirects would carry the code or the secret somewhere else.
+//!
+//! Zeroization: tokens, codes and secrets are held in `Zeroizing` buffers
+//! here. reqwest's encoded request body and its received response bytes
+//! are its own; they are dropped, not wiped, once the exchange is over.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::Value;
+use zeroize::Zeroizing;
+
+use crate::model::{ClientAuth, ProviderSpec, TokenFormat};
+
+/// The longest answer read from a provider.
+const MAX_ANSWER: usize = 1 << 20;
+
+/// Why a provider request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OAuthError {
+    /// The provider answered with an OAuth error.
+    #[error("the provider refused: {error}{}", if description.is_empty() { String::new() } else { format!(" ({description})") })]
+    Refused {
+        /// The `error` code (`invalid_grant`, `authorization_pending`, ...).
+        error: String,
+        /// Its `error_description`, if any.
+        description: String,
+    },
+    /// It could not be reached, or failed in a way that may pass.
+    #[error("the provider could not be reached or failed: {0}")]
+    Transient(String),
+    /// It answered something that is not an OAuth answer.
+    #[error("the provider's answer is not valid: {0}")]
+    Invalid(String),
+}
+
+impl OAuthError {
+    /// The OAuth error code, for a refusal.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            Self::Refused { error, .. } => Some(error),
+            _ => None,
+        }
+    }
+}
+
+/// A token endpoint's successful answer.
+pub struct TokenAnswer {
+    /// The access token.
+    pub access_token: Zeroizing<String>,
+    /// A refresh token, if one was issued.
+    pub refresh_token: Option<Zeroizing<String>>,
+    /// Seconds until the access token expires, if said.
+    pub expires_in: Option<u64>,
+    /// The granted scopes, if said.
+    pub scopes: Option<Vec<String>>,
+}
+
+/// A device authorization endpoint's answer (RFC 8628 §3.2).
+pub struct DeviceAnswer {
+    /// The device code (secret: it is redeemed for the tokens).
+    pub device_code: Zeroizing<String>,
+    /// The code the user types.
+    pub user_code: String,
+    /// Where the user goes.
+    pub verification_uri: String,
+    /// The same with the code in it, if offered.
+    pub verification_uri_complete: String,
+    /// Seconds the codes live.
+    pub expires_in: u64,
+    /// Seconds between polls (5 when not said).
+    pub interval: u64,
+}
+
+/// The client: one connection pool for every provider.
+pub struct OAuthHttp {
+    http: reqwest::Client,
+}
+
+/// Parameters of one request; values may be secrets.
+pub type Params = Vec<(&'static str, Zeroizing<String>)>;
+
+impl OAuthHttp {
+    /// A client with timeouts and no redirects.
+    pub fn new() -> Result<Self, String> {
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(30))
+            .user_agent(concat!("mcplexer-vaultd/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        Ok(Self { http })
+    }
+
+    /// POSTs `params` to `url` with the provider's client authentication,
+    /// body format and headers; returns the answer as a JSON object.
+    async fn post(
+        &self,
+        provider: &ProviderSpec,
+        secret: Option<&[u8]>,
+        url: &str,
+        params: Params,
+    ) -> Result<BTreeMap<String, Value>, OAuthError> {
+        let (status, object) = self.exchange(provider, secret, url, params).await?;
+        interpret(status, object)
+    }
+
+    /// POSTs `params` to `url`; returns the status and the answer as a JSON
+    /// object, if it was one (JSON or form-encoded).
+    async fn exchange(
+        &self,
+        provider: &ProviderSpec,
+        secret: Option<&[u8]>,
+        url: &str,
+        mut params: Params,
+    ) -> Result<(reqwest::StatusCode, Option<BTreeMap<String, Value>>), OAuthError> {
+        let mut request = self
+            .http
+            .post(url)
+            .header(reqwest::header::ACCEPT, "application/json");
+        for (name, value) in &provider.token_headers {
+            request = request.header(name, value);
+        }
+        match secret {
+            None => params.push(("client_id", Zeroizing::new(provider.client_id.clone()))),
+            Some(secret) => {
+                let secret = Zeroizing::new(
+                    std::str::from_utf8(secret)
+                        .map_err(|_| {
+                            OAuthError::Invalid("the stored client secret is not UTF-8".into())
+                        })?
+                        .to_owned(),
+                );
+                match provider.client_auth.unwrap_or_default() {
+                    ClientAuth::ClientSecretBasic => {
+                        // RFC 6749 §2.3.1: both form-encoded, then Basic.
+                        let id: String =
+                            url::form_urlencoded::byte_serialize(provider.client_id.as_bytes())
+                                .collect();
+                        let secret: Zeroizing<String> = Zeroizing::new(
+                            url::form_urlencoded::byte_serialize(secret.as_bytes()).collect(),
+                        );
+                        request = request.basic_auth(id, Some(secret.as_str()));
+                    }
+                    ClientAuth::ClientSecretPost => {
+                        params.push(("client_id", Zeroizing::new(provider.client_id.clone())));
+                        params.push(("client_secret", secret));
+                    }
+                }
+            }
+        }
+        let pairs: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        request = match provider.token_format.unwrap_or_default() {
+            TokenFormat::Form => request.form(&pairs),
+            TokenFormat::Json => {
+                let object: BTreeMap<&str, &str> = pairs.iter().copied().collect();
+                request.json(&object)
+            }
+        };
+        let response = request
+            .send()
+            .await
+            .map_err(|e| OAuthError::Transient(describe(&e)))?;
+        let status = response.status();
+        let form = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+        let body = read_limited(response).await?;
+        let object: Option<BTreeMap<String, Value>> = if form {
+            Some(
+                url::form_urlencoded::parse(&body)
+                    .map(|(k, v)| (k.into_owned(), Value::String(v.into_owned())))
+                    .collect(),
+            )
+        } else {
+            serde_json::from_slice(&body).ok()
+        };
+        Ok((status, object))
+    }
+
+    /// A token request (`grant_type` and the rest in `params`).
+    pub async fn token(
+        &self,
+        provider: &ProviderSpec,
+        secret: Option<&[u8]>,
+        params: Params,
+    ) -> Result<TokenAnswer, OAuthError> {
+        let mut answer = self
+            .post(provider, secret, &provider.token_url, params)
+            .await?;
+        let access_token = match answer.remove("access_token") {
+            Some(Value::String(token)) if !token.is_empty() => Zeroizing::new(token),
+            _ => return Err(OAuthError::Invalid("no access_token in the answer".into())),
+        };
+        let refresh_token = match answer.remove("refresh_token") {
+            Some(Value::String(token)) if !token.is_empty() => Some(Zeroizing::new(token)),
+            _ => None,
+        };
+        if let Some(kind) = answer.get("token_type").and_then(Value::as_str)
+            && !kind.eq_ignore_ascii_case("bearer")
+        {
+            return Err(OAuthError::Invalid(format!(
+                "token_type {kind:?} is not bearer"
+            )));
+        }
+        Ok(TokenAnswer {
+            access_token,
+            refresh_token,
+            expires_in: answer.get("expires_in").and_then(seconds),
+            scopes: answer.get("scope").map(granted_scopes),
+        })
+    }
+
+    /// Starts a device authorization (RFC 8628 §3.1).
+    pub async fn device(
+        &self,
+        provider: &ProviderSpec,
+        secret: Option<&[u8]>,
+    ) -> Result<DeviceAnswer, OAuthError> {
+        let mut params: Params = Vec::new();
+        if !provider.scopes.is_empty() {
+            params.push((
+                "scope",
+                Zeroizing::new(provider.scopes.join(&provider.scope_separator)),
+            ));
+        }
+        let mut answer = self
+            .post(provider, secret, &provider.device_auth_url, params)
+            .await?;
+        let text = |answer: &BTreeMap<String, Value>, key: &str| {
+            answer
+                .get(key)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let device_code = match answer.remove("device_code") {
+            Some(Value::String(code)) if !code.is_empty() => Zeroizing::new(code),
+            _ => return Err(OAuthError::Invalid("no device_code in the answer".into())),
+        };
+        let user_code = text(&answer, "user_code");
+        // Google says verification_url (its pre-RFC name).
+        let verification_uri = match text(&answer, "verification_uri") {
+            uri if uri.is_empty() => text(&answer, "verification_url"),
+            uri => uri,
+        };
+        if user_code.is_empty() || verification_uri.is_empty() {
+            return Err(OAuthError::Invalid(
+                "no user_code or verification_uri in the answer".into(),
+            ));
+        }
+        Ok(DeviceAnswer {
+            device_code,
+            user_code,
+            verification_uri,
+            verification_uri_complete: text(&answer, "verification_uri_complete"),
+            expires_in: answer.get("expires_in").and_then(seconds).unwrap_or(900),
+            interval: answer.get("interval").and_then(seconds).unwrap_or(5).max(1),
+        })
+    }
+
+    /// Revokes `token` (RFC 7009) at the provider's revocation endpoint.
+    pub async fn revoke(
+        &self,
+        provider: &ProviderSpec,
+        secret: Option<&[u8]>,
+        token: &str,
+        hint: &'static str,
+    ) -> Result<(), OAuthError> {
+        let params: Params = vec![
+            ("token", Zeroizing::new(token.to_owned())),
+            ("token_type_hint", Zeroizing::new(hint.to_owned())),
+        ];
+        let (status, object) = self
+            .exchange(provider, secret, &provider.revocation_url, params)
+            .await?;
+        // RFC 7009 §2.2: 200 with any (or no) body.
+        if status.is_success() {
+            return Ok(());
+        }
+        interpret(status, object).map(|_| ())
+    }
+}
+
+/// An answer as a JSON object, or the error it says (or is).
+fn interpret(
+    status: reqwest::StatusCode,
+    object: Option<BTreeMap<String, Value>>,
+) -> Result<BTreeMap<String, Value>, OAuthError> {
+    match object {
+        Some(object) if object.contains_key("error") => {
+            let text = |key: &str| {
+                object
+                    .get(key)
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .chars()
+                    .take(300)
+                    .collect::<String>()
+            };
+            let error = text("error");
+            if status.is_server_error()
+                || matches!(error.as_str(), "temporarily_unavailable" | "server_error")
+            {
+                return Err(OAuthError::Transient(format!("{status}: {error}")));
+            }
+            Err(OAuthError::Refused {
+                error,
+                description: text("error_description"),
+            })
+        }
+        Some(object) if status.is_success() => Ok(object),
+        _ if status.is_server_error() || status.as_u16() == 429 => {
+            Err(OAuthError::Transient(format!("HTTP {status}")))
+        }
+        _ => Err(OAuthError::Invalid(format!(
+            "HTTP {status} without an OAuth answer"
+        ))),
+    }
+}
+
+/// An error's chain as one line (reqwest hides the cause otherwise).
+fn describe(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+async fn read_limited(mut response: reqwest::Response) -> Result<Vec<u8>, OAuthError> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| OAuthError::Transient(describe(&e)))?
+    {
+        if body.len() + chunk.len() > MAX_ANSWER {
+            return Err(OAuthError::Invalid("the answer is over 1 MiB".into()));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// A number of seconds, as a JSON number or a numeric string.
+fn seconds(value: &Value) -> Option<u64> {
+    match value {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+/// Granted scopes: a space- or comma-separated string, or an array.
+fn granted_scopes(value: &Value) -> Vec<String> {
+    match value {
+        Value::String(s) => s
+            .split([' ', ','])
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        Value::Array(items) => items
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn scopes_and_lifetimes_in_every_shape() {
+        assert_eq!(granted_scopes(&json!("repo,gist")), ["repo", "gist"]);
+        assert_eq!(granted_scopes(&json!("read write")), ["read", "write"]);
+        assert_eq!(granted_scopes(&json!(["read", "write"])), ["read", "write"]);
+        assert!(granted_scopes(&json!(null)).is_empty());
+        assert_eq!(seconds(&json!(3600)), Some(3600));
+        assert_eq!(seconds(&json!("3600")), Some(3600));
+        assert_eq!(seconds(&json!(-1)), None);
+        assert_eq!(seconds(&json!("soon")), None);
+    }
+}

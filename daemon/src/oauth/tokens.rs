@@ -1,0 +1,576 @@
+//! An oauth2 scope's tokens: stored age-encrypted, released as a valid
+//! access token, refreshed ahead of expiry.
+//!
+//! Refresh is single-flight per scope: callers that find the token due
+//! queue on the scope's lock, and the first one refreshes while the others
+//! then find the fresh token. A rotated refresh token is committed (on
+//! disk) before the new access token is released, so a crash loses at most
+//! an answer the provider gave, never a token the vault handed out. If the
+//! vault dies between the provider's answer and the commit, the old refresh
+//! token was already spent: the next refresh gets `invalid_grant` and the
+//! scope turns `reauthorization_required`, which says what to run.
+//!
+//! A transient failure (network, 5xx, 429) is retried after a backoff
+//! (1 s doubling to 60 s) while the old access token is still valid; until
+//! then callers get the old token. `invalid_grant` marks the scope
+//! `reauthorization_required` and every caller gets an error naming the
+//! scope and the command to run. Tokens without `expires_in` never expire.
+//!
+//! Memory: the decrypted access token of each scope is kept, at its
+//! version, in a zeroizing buffer (as released values are), so a release
+//! costs no decryption; the refresh token is decrypted only to refresh.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use super::client::{OAuthError, OAuthHttp, Params, TokenAnswer};
+use crate::clock::now_ms;
+use crate::error::{Result, VaultError};
+use crate::model::{ProviderSpec, ScopeSpec};
+use crate::store::{self, Store};
+
+/// The longest a refresh happens before expiry.
+const REFRESH_AHEAD: Duration = Duration::from_secs(60);
+
+/// The longest wait between refresh attempts after transient failures.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// A scope's tokens (the secret part). No `Debug`.
+pub struct TokenSet {
+    /// The access token.
+    pub access_token: Zeroizing<String>,
+    /// The refresh token, if the provider issued one.
+    pub refresh_token: Option<Zeroizing<String>>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct TokenSetWire<'a> {
+    access_token: &'a str,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    refresh_token: Option<&'a str>,
+}
+
+impl TokenSet {
+    /// The plaintext that is encrypted.
+    pub fn encode(&self) -> Zeroizing<Vec<u8>> {
+        let wire = TokenSetWire {
+            access_token: &self.access_token,
+            refresh_token: self.refresh_token.as_deref().map(String::as_str),
+        };
+        Zeroizing::new(serde_json::to_vec(&wire).unwrap_or_default())
+    }
+
+    /// From decrypted plaintext.
+    pub fn decode(plaintext: &[u8]) -> Result<Self> {
+        let wire: TokenSetWire<'_> = serde_json::from_slice(plaintext)
+            .map_err(|_| VaultError::Crypto("stored OAuth tokens cannot be read".into()))?;
+        Ok(Self {
+            access_token: Zeroizing::new(wire.access_token.to_owned()),
+            refresh_token: wire.refresh_token.map(|t| Zeroizing::new(t.to_owned())),
+        })
+    }
+}
+
+/// Whether a scope's grant is usable.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Grant {
+    /// The tokens are usable (or refreshable).
+    #[default]
+    Valid,
+    /// The provider refused the grant: `auth authorize` again.
+    ReauthorizationRequired,
+}
+
+/// What the vault knows of a scope's tokens, stored in clear: never a
+/// token.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TokenMeta {
+    /// The provider the tokens are from.
+    pub provider_id: String,
+    /// Changes whenever the tokens change (not stored: the row's).
+    #[serde(default)]
+    pub version: u64,
+    /// Whether the grant is usable.
+    pub grant: Grant,
+    /// When the access token expires (ms since the epoch); none: never.
+    pub expires_at_ms: Option<i64>,
+    /// Its lifetime when issued, in ms.
+    pub lifetime_ms: Option<i64>,
+    /// The scopes granted, as the provider said.
+    pub granted_scopes: Vec<String>,
+    /// When the user authorized.
+    pub authorized_at_ms: i64,
+    /// When the tokens were last refreshed (0: never).
+    pub refreshed_at_ms: i64,
+    /// Whether a refresh token is stored.
+    pub has_refresh_token: bool,
+    /// Why the grant needs attention.
+    pub message: String,
+}
+
+impl TokenMeta {
+    /// As stored.
+    pub fn encode(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// From the stored text.
+    pub fn decode(scope_id: &str, text: &str) -> Result<Self> {
+        serde_json::from_str(text).map_err(|e| VaultError::FailedPrecondition {
+            message: format!("the stored token state of auth_scope {scope_id} cannot be read: {e}"),
+            fix: None,
+        })
+    }
+
+    /// The status shown for the scope at `now`.
+    pub fn status(&self, now: i64) -> &'static str {
+        match self.grant {
+            Grant::ReauthorizationRequired => "reauthorization_required",
+            Grant::Valid if self.expired(now) && !self.has_refresh_token => "expired",
+            Grant::Valid => "valid",
+        }
+    }
+
+    fn expired(&self, now: i64) -> bool {
+        self.expires_at_ms.is_some_and(|at| now >= at)
+    }
+
+    /// Whether a refresh is due at `now`: within min(60 s, a tenth of the
+    /// token's lifetime) of expiry.
+    fn due(&self, now: i64) -> bool {
+        let Some(at) = self.expires_at_ms else {
+            return false;
+        };
+        let ahead = self
+            .lifetime_ms
+            .map_or(REFRESH_AHEAD.as_millis() as i64, |l| {
+                (l / 10).min(REFRESH_AHEAD.as_millis() as i64)
+            });
+        now >= at - ahead
+    }
+
+    /// The meta of tokens just obtained from `answer`, keeping what an
+    /// answer without a field leaves unchanged (`before`).
+    pub fn from_answer(
+        provider_id: &str,
+        answer: &TokenAnswer,
+        before: Option<&Self>,
+        has_refresh_token: bool,
+        now: i64,
+    ) -> Self {
+        let lifetime_ms = answer
+            .expires_in
+            .map(|s| i64::try_from(s.saturating_mul(1000)).unwrap_or(i64::MAX));
+        Self {
+            provider_id: provider_id.to_owned(),
+            version: 0,
+            grant: Grant::Valid,
+            expires_at_ms: lifetime_ms.map(|l| now.saturating_add(l)),
+            lifetime_ms,
+            granted_scopes: answer
+                .scopes
+                .clone()
+                .or_else(|| before.map(|b| b.granted_scopes.clone()))
+                .unwrap_or_default(),
+            authorized_at_ms: before.map_or(now, |b| b.authorized_at_ms),
+            refreshed_at_ms: if before.is_some() { now } else { 0 },
+            has_refresh_token,
+            message: String::new(),
+        }
+    }
+}
+
+/// A released access token, at its version. No `Debug`.
+pub struct Access {
+    /// The meta's version.
+    pub version: u64,
+    /// The token.
+    pub token: Zeroizing<String>,
+    /// When it expires (ms), if it does.
+    pub expires_at_ms: Option<i64>,
+}
+
+struct Backoff {
+    until: Instant,
+    failures: u32,
+    error: String,
+}
+
+/// The tokens of every oauth2 scope: their meta (loaded at start, kept in
+/// step with every commit), the decrypted access tokens, and refresh.
+pub struct Tokens {
+    http: OAuthHttp,
+    metas: Mutex<HashMap<String, TokenMeta>>,
+    cache: Mutex<HashMap<String, Arc<Access>>>,
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    backoff: Mutex<HashMap<String, Backoff>>,
+}
+
+/// The error for a scope that was never authorized (or whose tokens came
+/// from another provider than the one it names now).
+fn unauthorized(scope_id: &str) -> VaultError {
+    VaultError::OAuth {
+        code: "UNAUTHORIZED",
+        message: format!("auth_scope {scope_id} has no OAuth token yet"),
+        fix: Some(format!("mcplexerctl auth authorize {scope_id}")),
+        retryable: false,
+    }
+}
+
+/// The error for a scope whose grant the provider refused.
+pub fn reauthorization_required(scope_id: &str, why: &str) -> VaultError {
+    VaultError::OAuth {
+        code: "REAUTHORIZATION_REQUIRED",
+        message: format!("auth_scope {scope_id} must be authorized again: {why}"),
+        fix: Some(format!("mcplexerctl auth authorize {scope_id}")),
+        retryable: false,
+    }
+}
+
+impl Tokens {
+    /// The tokens' state as stored.
+    pub async fn load(store: &Store) -> Result<Self> {
+        let metas = store.read(store::read_token_metas).await?;
+        let http = OAuthHttp::new()
+            .map_err(|message| VaultError::FailedPrecondition { message, fix: None })?;
+        Ok(Self {
+            http,
+            metas: Mutex::new(metas.into_iter().collect()),
+            cache: Mutex::new(HashMap::new()),
+            locks: Mutex::new(HashMap::new()),
+            backoff: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The HTTP client for the provider's endpoints.
+    pub fn http(&self) -> &OAuthHttp {
+        &self.http
+    }
+
+    /// What is known of a scope's tokens.
+    pub fn meta(&self, scope_id: &str) -> Option<TokenMeta> {
+        self.metas
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(scope_id)
+            .cloned()
+    }
+
+    /// Records a committed change of a scope's tokens (`None`: deleted),
+    /// and forgets its cached token and backoff.
+    pub fn committed(&self, scope_id: &str, meta: Option<TokenMeta>) {
+        let mut metas = self.metas.lock().unwrap_or_else(PoisonError::into_inner);
+        match meta {
+            Some(meta) => metas.insert(scope_id.to_owned(), meta),
+            None => metas.remove(scope_id),
+        };
+        self.cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(scope_id);
+        self.backoff
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(scope_id);
+    }
+
+    /// The per-scope lock that serialises refreshes, authorizations and
+    /// revocations of one scope.
+    pub fn lock(&self, scope_id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.locks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(scope_id.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// A valid access token for `scope` (of `provider`), refreshing it
+    /// first when it is due.
+    pub async fn access(
+        &self,
+        store: &Store,
+        scope: &ScopeSpec,
+        provider: &ProviderSpec,
+    ) -> Result<Arc<Access>> {
+        let scope_id = scope.id.as_str();
+        let meta = self.usable_meta(scope_id, provider)?;
+        if !meta.due(now_ms()) {
+            return self.cached(store, scope_id, &meta).await;
+        }
+        let lock = self.lock(scope_id);
+        let _one_refresh = lock.lock().await;
+        // Whoever held the lock may have refreshed it.
+        let meta = self.usable_meta(scope_id, provider)?;
+        let now = now_ms();
+        if !meta.due(now) {
+            return self.cached(store, scope_id, &meta).await;
+        }
+        if !meta.has_refresh_token {
+            if meta.expired(now) {
+                return Err(VaultError::OAuth {
+                    code: "TOKEN_EXPIRED",
+                    message: format!(
+                        "the access token of auth_scope {scope_id} expired and the provider gave no refresh token"
+                    ),
+                    fix: Some(format!("mcplexerctl auth authorize {scope_id}")),
+                    retryable: false,
+                });
+            }
+            return self.cached(store, scope_id, &meta).await;
+        }
+        let waiting = self
+            .backoff
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(scope_id)
+            .filter(|b| Instant::now() < b.until)
+            .map(|b| (b.until - Instant::now(), b.error.clone()));
+        if let Some((wait, error)) = waiting {
+            if meta.expired(now) {
+                return Err(refresh_failed(scope_id, &error, wait));
+            }
+            return self.cached(store, scope_id, &meta).await;
+        }
+        match self.refresh(store, scope_id, provider, &meta).await {
+            Ok(access) => Ok(access),
+            Err(Refresh::Grant(why)) => {
+                self.mark_reauthorization(store, scope_id, &meta, &why)
+                    .await?;
+                Err(reauthorization_required(scope_id, &why))
+            }
+            Err(Refresh::Failed(error)) => {
+                let wait = {
+                    let mut all = self.backoff.lock().unwrap_or_else(PoisonError::into_inner);
+                    let failures = all.get(scope_id).map_or(0, |b| b.failures) + 1;
+                    let wait = (Duration::from_secs(1) * 2u32.saturating_pow(failures - 1))
+                        .min(MAX_BACKOFF);
+                    all.insert(
+                        scope_id.to_owned(),
+                        Backoff {
+                            until: Instant::now() + wait,
+                            failures,
+                            error: error.clone(),
+                        },
+                    );
+                    wait
+                };
+                tracing::warn!(scope = scope_id, %error, retry_in_sec = wait.as_secs(), "token refresh failed");
+                if meta.expired(now_ms()) {
+                    return Err(refresh_failed(scope_id, &error, wait));
+                }
+                self.cached(store, scope_id, &meta).await
+            }
+            Err(Refresh::Vault(err)) => Err(err),
+        }
+    }
+
+    /// The scope's meta if its tokens are usable (else the error to give).
+    fn usable_meta(&self, scope_id: &str, provider: &ProviderSpec) -> Result<TokenMeta> {
+        let meta = self
+            .meta(scope_id)
+            .filter(|m| m.provider_id == provider.id)
+            .ok_or_else(|| unauthorized(scope_id))?;
+        if meta.grant == Grant::ReauthorizationRequired {
+            return Err(reauthorization_required(scope_id, &meta.message));
+        }
+        Ok(meta)
+    }
+
+    /// The decrypted access token at `meta`'s version.
+    async fn cached(&self, store: &Store, scope_id: &str, meta: &TokenMeta) -> Result<Arc<Access>> {
+        if let Some(hit) = self
+            .cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(scope_id)
+            .filter(|a| a.version == meta.version)
+        {
+            return Ok(hit.clone());
+        }
+        let keyring = store.keyring();
+        let id = scope_id.to_owned();
+        let stored = store
+            .read(move |conn| store::read_tokens(conn, &keyring, &id))
+            .await?;
+        let Some((tokens, stored_meta)) = stored else {
+            return Err(unauthorized(scope_id));
+        };
+        let access = Arc::new(Access {
+            version: meta.version,
+            token: tokens.access_token,
+            expires_at_ms: stored_meta.expires_at_ms,
+        });
+        self.cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(scope_id.to_owned(), access.clone());
+        Ok(access)
+    }
+
+    /// One refresh: the provider's answer committed, then cached.
+    async fn refresh(
+        &self,
+        store: &Store,
+        scope_id: &str,
+        provider: &ProviderSpec,
+        meta: &TokenMeta,
+    ) -> std::result::Result<Arc<Access>, Refresh> {
+        let keyring = store.keyring();
+        let (id, provider_id) = (scope_id.to_owned(), provider.id.clone());
+        let (tokens, secret) = store
+            .read(move |conn| {
+                let tokens = store::read_tokens(conn, &keyring, &id)?;
+                let secret = store::read_provider_secret(conn, &keyring, &provider_id)?;
+                Ok((tokens, secret))
+            })
+            .await
+            .map_err(Refresh::Vault)?;
+        let Some((tokens, _)) = tokens else {
+            return Err(Refresh::Vault(unauthorized(scope_id)));
+        };
+        let Some(refresh_token) = tokens.refresh_token else {
+            return Err(Refresh::Vault(unauthorized(scope_id)));
+        };
+        let params: Params = vec![
+            ("grant_type", Zeroizing::new("refresh_token".to_owned())),
+            ("refresh_token", refresh_token.clone()),
+        ];
+        let answer = match self
+            .http
+            .token(provider, secret.as_deref().map(Vec::as_slice), params)
+            .await
+        {
+            Ok(answer) => answer,
+            Err(OAuthError::Refused { error, description }) if error == "invalid_grant" => {
+                let why = if description.is_empty() {
+                    "the provider refused the refresh token (invalid_grant)".to_owned()
+                } else {
+                    format!("the provider refused the refresh token (invalid_grant: {description})")
+                };
+                return Err(Refresh::Grant(why));
+            }
+            Err(err) => return Err(Refresh::Failed(err.to_string())),
+        };
+        // Providers that do not rotate (Google) send no new refresh token:
+        // the old one stays.
+        let next = TokenSet {
+            access_token: answer.access_token.clone(),
+            refresh_token: Some(answer.refresh_token.clone().unwrap_or(refresh_token)),
+        };
+        let mut meta = TokenMeta::from_answer(&provider.id, &answer, Some(meta), true, now_ms());
+        let id = scope_id.to_owned();
+        let meta = store
+            .write(move |ctx| {
+                ctx.store_tokens(&id, &next, &mut meta)?;
+                Ok(meta)
+            })
+            .await
+            .map_err(Refresh::Vault)?;
+        self.committed(scope_id, Some(meta.clone()));
+        let access = Arc::new(Access {
+            version: meta.version,
+            token: answer.access_token,
+            expires_at_ms: meta.expires_at_ms,
+        });
+        self.cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(scope_id.to_owned(), access.clone());
+        tracing::info!(scope = scope_id, version = meta.version, "token refreshed");
+        Ok(access)
+    }
+
+    async fn mark_reauthorization(
+        &self,
+        store: &Store,
+        scope_id: &str,
+        meta: &TokenMeta,
+        why: &str,
+    ) -> Result<()> {
+        let mut meta = meta.clone();
+        meta.grant = Grant::ReauthorizationRequired;
+        meta.message = why.to_owned();
+        let (id, stored) = (scope_id.to_owned(), meta.clone());
+        store
+            .write(move |ctx| ctx.update_token_meta(&id, &stored))
+            .await?;
+        tracing::warn!(scope = scope_id, %why, "the scope needs authorizing again");
+        self.committed(scope_id, Some(meta));
+        Ok(())
+    }
+}
+
+/// Why a refresh failed.
+enum Refresh {
+    /// The provider refused the grant: re-authorization is needed.
+    Grant(String),
+    /// It may work later.
+    Failed(String),
+    /// The vault itself failed.
+    Vault(VaultError),
+}
+
+fn refresh_failed(scope_id: &str, error: &str, wait: Duration) -> VaultError {
+    VaultError::OAuth {
+        code: "PROVIDER_UNAVAILABLE",
+        message: format!(
+            "the access token of auth_scope {scope_id} expired and refreshing it failed ({error}); the vault tries again in {} s",
+            wait.as_secs().max(1)
+        ),
+        fix: None,
+        retryable: true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(expires_at_ms: Option<i64>, lifetime_ms: Option<i64>, refresh: bool) -> TokenMeta {
+        TokenMeta {
+            expires_at_ms,
+            lifetime_ms,
+            has_refresh_token: refresh,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn refresh_is_due_ahead_of_expiry() {
+        // A one-hour token: 60 s ahead.
+        let hour = meta(Some(3_600_000), Some(3_600_000), true);
+        assert!(!hour.due(3_540_000 - 1));
+        assert!(hour.due(3_540_000));
+        // A three-second token: a tenth of its life ahead.
+        let short = meta(Some(3_000), Some(3_000), true);
+        assert!(!short.due(2_699));
+        assert!(short.due(2_700));
+        // No expiry: never due, never expired.
+        let forever = meta(None, None, false);
+        assert!(!forever.due(i64::MAX) && forever.status(i64::MAX) == "valid");
+        // Expired without a refresh token.
+        assert_eq!(meta(Some(10), Some(10), false).status(10), "expired");
+        assert_eq!(meta(Some(10), Some(10), true).status(10), "valid");
+    }
+
+    #[test]
+    fn token_sets_round_trip_without_debug_output() {
+        let set = TokenSet {
+            access_token: Zeroizing::new("at".into()),
+            refresh_token: Some(Zeroizing::new("rt".into())),
+        };
+        let back = TokenSet::decode(&set.encode()).unwrap();
+        assert_eq!(back.access_token.as_str(), "at");
+        assert_eq!(
+            back.refresh_token.as_deref().map(String::as_str),
+            Some("rt")
+        );
+        assert!(TokenSet::decode(b"not json").is_err());
+    }
+}
