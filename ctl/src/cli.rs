@@ -309,10 +309,10 @@ pub struct ProviderCreate {
     #[arg(long)]
     pub id: Option<String>,
     /// Authorization endpoint.
-    #[arg(long, value_name = "URL", required_unless_present = "template")]
+    #[arg(long, value_name = "URL", required_unless_present_any = ["template", "issuer"])]
     pub auth_url: Option<String>,
     /// Token endpoint.
-    #[arg(long, value_name = "URL", required_unless_present = "template")]
+    #[arg(long, value_name = "URL", required_unless_present_any = ["template", "issuer"])]
     pub token_url: Option<String>,
     /// Device authorization endpoint (RFC 8628).
     #[arg(long, value_name = "URL")]
@@ -320,7 +320,9 @@ pub struct ProviderCreate {
     /// Token revocation endpoint (RFC 7009).
     #[arg(long, value_name = "URL")]
     pub revocation_url: Option<String>,
-    /// The issuer an `iss` in the authorization response must equal (RFC 9207).
+    /// The authorization server's issuer: the vault reads its metadata
+    /// (RFC 8414, else OpenID discovery) for the endpoints not given, and an
+    /// `iss` in the authorization response must equal it (RFC 9207).
     #[arg(long, value_name = "URL")]
     pub issuer: Option<String>,
     /// An OAuth scope to request (repeatable).

@@ -10,6 +10,7 @@
 
 pub mod bench;
 pub mod oauth;
+pub mod oauth_vault;
 pub mod peers;
 
 use std::ffi::OsStr;

@@ -267,9 +267,11 @@ pub struct ProviderSpec {
     /// The built-in template this provider was made from, if any.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub template: String,
-    /// Authorization endpoint.
+    /// Authorization endpoint (with a template: the template's).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub auth_url: String,
-    /// Token endpoint.
+    /// Token endpoint (with a template: the template's).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub token_url: String,
     /// Device authorization endpoint (RFC 8628).
     #[serde(default, skip_serializing_if = "String::is_empty")]

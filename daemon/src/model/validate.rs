@@ -225,6 +225,13 @@ impl Normalize for ProviderSpec {
         }
         fill_id(&mut self.id, &self.name)?;
         resolve_owner(&mut self.owner, default_owner)?;
+        for (field, value) in [("auth_url", &self.auth_url), ("token_url", &self.token_url)] {
+            if value.is_empty() {
+                return Err(format!(
+                    "{field} is required unless the provider has a template (see `mcplexerctl provider templates`); `mcplexerctl provider create --issuer URL` reads it from the issuer's metadata"
+                ));
+            }
+        }
         check_endpoint("auth_url", &self.auth_url)?;
         check_endpoint("token_url", &self.token_url)?;
         for (field, value) in [

@@ -82,6 +82,30 @@ pub struct DeviceAnswer {
     pub interval: u64,
 }
 
+/// What an authorization server publishes about itself (RFC 8414 /
+/// OpenID Connect Discovery), as far as the vault uses it.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct Metadata {
+    /// Its issuer identifier; must equal the one asked for.
+    pub issuer: String,
+    /// Authorization endpoint.
+    pub authorization_endpoint: String,
+    /// Token endpoint.
+    pub token_endpoint: String,
+    /// Device authorization endpoint, if any.
+    #[serde(default)]
+    pub device_authorization_endpoint: String,
+    /// Revocation endpoint, if any.
+    #[serde(default)]
+    pub revocation_endpoint: String,
+    /// Client authentication methods at the token endpoint.
+    #[serde(default)]
+    pub token_endpoint_auth_methods_supported: Vec<String>,
+    /// PKCE methods; absent says nothing.
+    #[serde(default)]
+    pub code_challenge_methods_supported: Option<Vec<String>>,
+}
+
 /// The client: one connection pool for every provider.
 pub struct OAuthHttp {
     http: reqwest::Client,
@@ -189,6 +213,62 @@ impl OAuthHttp {
             serde_json::from_slice(&body).ok()
         };
         Ok((status, object))
+    }
+
+    /// Reads the metadata of the authorization server `issuer`: RFC 8414
+    /// first (`/.well-known/oauth-authorization-server`, inserted before
+    /// the issuer's path), then OpenID Connect Discovery
+    /// (`/.well-known/openid-configuration`, appended). The metadata's
+    /// `issuer` must equal `issuer` (RFC 8414 §3.3).
+    pub async fn discover(&self, issuer: &str) -> Result<Metadata, String> {
+        let base =
+            url::Url::parse(issuer).map_err(|e| format!("issuer {issuer:?} is not a URL: {e}"))?;
+        if base.query().is_some() || base.fragment().is_some() {
+            return Err(format!(
+                "issuer {issuer:?} must not have a query or fragment"
+            ));
+        }
+        let path = base.path().trim_end_matches('/');
+        let origin = base.origin().ascii_serialization();
+        let candidates = [
+            format!("{origin}/.well-known/oauth-authorization-server{path}"),
+            format!("{origin}{path}/.well-known/openid-configuration"),
+        ];
+        let mut failures = Vec::new();
+        for url in candidates {
+            let response = match self
+                .http
+                .get(&url)
+                .header(reqwest::header::ACCEPT, "application/json")
+                .send()
+                .await
+            {
+                Ok(response) => response,
+                Err(e) => {
+                    failures.push(format!("{url}: {}", describe(&e)));
+                    continue;
+                }
+            };
+            let status = response.status();
+            if !status.is_success() {
+                failures.push(format!("{url}: HTTP {status}"));
+                continue;
+            }
+            let body = read_limited(response).await.map_err(|e| e.to_string())?;
+            let metadata: Metadata = serde_json::from_slice(&body)
+                .map_err(|e| format!("{url} is not authorization server metadata: {e}"))?;
+            if metadata.issuer.trim_end_matches('/') != issuer.trim_end_matches('/') {
+                return Err(format!(
+                    "{url} names issuer {:?}, not {issuer:?}; refusing it (RFC 8414 §3.3)",
+                    metadata.issuer
+                ));
+            }
+            return Ok(metadata);
+        }
+        Err(format!(
+            "no metadata found for issuer {issuer}: {}",
+            failures.join("; ")
+        ))
     }
 
     /// A token request (`grant_type` and the rest in `params`).

@@ -33,6 +33,43 @@ impl AdminService {
         scope
     }
 
+    /// Fills a provider's unset endpoints, client authentication and PKCE
+    /// from its issuer's metadata (RFC 8414 / OpenID discovery); what the
+    /// request sets wins. Only when endpoints are missing.
+    async fn discover(&self, mut spec: ProviderSpec) -> std::result::Result<ProviderSpec, String> {
+        if !spec.auth_url.is_empty() && !spec.token_url.is_empty() {
+            return Ok(spec);
+        }
+        let metadata = self.0.tokens.http().discover(&spec.issuer).await?;
+        for (field, value) in [
+            (&mut spec.auth_url, metadata.authorization_endpoint),
+            (&mut spec.token_url, metadata.token_endpoint),
+            (
+                &mut spec.device_auth_url,
+                metadata.device_authorization_endpoint,
+            ),
+            (&mut spec.revocation_url, metadata.revocation_endpoint),
+        ] {
+            if field.is_empty() {
+                *field = value;
+            }
+        }
+        let methods = &metadata.token_endpoint_auth_methods_supported;
+        if spec.client_auth.is_none()
+            && !methods.is_empty()
+            && !methods.iter().any(|m| m == "client_secret_basic")
+            && methods.iter().any(|m| m == "client_secret_post")
+        {
+            spec.client_auth = Some(model::ClientAuth::ClientSecretPost);
+        }
+        if spec.use_pkce.is_none()
+            && let Some(pkce) = &metadata.code_challenge_methods_supported
+        {
+            spec.use_pkce = Some(pkce.iter().any(|m| m == "S256"));
+        }
+        Ok(spec)
+    }
+
     fn visible(&self, caller: &Caller) -> ConfigState {
         self.0.authz.visible(caller, &self.0.store.snapshot())
     }
@@ -408,7 +445,12 @@ impl Admin for AdminService {
         request: Request<pb::OAuthProvider>,
     ) -> Reply<pb::OAuthProvider> {
         let caller = self.0.authorize(&request, "Admin/CreateProvider").await?;
-        let spec = ProviderSpec::from_proto(request.into_inner());
+        let spec = match ProviderSpec::from_proto(request.into_inner()) {
+            Ok(spec) if spec.template.is_empty() && !spec.issuer.is_empty() => {
+                self.discover(spec).await
+            }
+            other => other,
+        };
         ok(self
             .create(&caller, "Admin/CreateProvider", spec, provider_p)
             .await?)

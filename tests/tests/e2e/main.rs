@@ -6,6 +6,7 @@
 mod bad_input;
 mod crash;
 mod oauth_peer;
+mod oauth_providers;
 mod peers;
 mod peers_smoke;
 mod probe;
