@@ -143,9 +143,12 @@ impl From<VaultError> for CallError {
     fn from(err: VaultError) -> Self {
         let (data, denied) = match &err {
             VaultError::Refused {
-                code, vault_code, ..
+                code,
+                vault_code,
+                fix,
+                ..
             } => (
-                json!({"vault_code": vault_code, "grpc_code": code}),
+                json!({"vault_code": vault_code, "grpc_code": code, "fix": fix}),
                 matches!(
                     vault_code.as_str(),
                     "PERMISSION_DENIED" | "TRANSPORT_MISMATCH"

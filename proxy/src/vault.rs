@@ -113,7 +113,7 @@ pub enum VaultError {
         reason: String,
     },
     /// The vault refused or failed the call.
-    #[error("the vault refused: {message}")]
+    #[error("the vault refused: {message}{}", if fix.is_empty() { String::new() } else { format!(" (to fix: {fix})") })]
     Refused {
         /// gRPC code name.
         code: String,
@@ -121,6 +121,8 @@ pub enum VaultError {
         vault_code: String,
         /// The vault's message.
         message: String,
+        /// The command that fixes it, if the vault named one.
+        fix: String,
     },
 }
 
@@ -187,10 +189,17 @@ impl VaultLink {
                 reason: status.message().to_owned(),
             };
         }
+        let fix = status
+            .metadata()
+            .get(mcplexer_proto::ERROR_FIX_KEY)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
         VaultError::Refused {
             code: format!("{:?}", status.code()),
             vault_code,
             message: status.message().to_owned(),
+            fix,
         }
     }
 

@@ -70,6 +70,13 @@
  * `Authorization: Bearer <token>` is a live access token of this server
  * (found by provider.AccessToken.find: not expired, revoked or unknown), 401
  * with `WWW-Authenticate: Bearer error="invalid_token"` otherwise.
+ *
+ * GET /stats: 200 `{"grants": {"<grant_type>": <count>, ...}}`, the number of
+ * successful token-endpoint grants (oidc-provider's `grant.success` event:
+ * answers that issued tokens) by grant_type since the server started, e.g.
+ * `{"grants": {"authorization_code": 1, "refresh_token": 2}}`; a grant type
+ * never granted is absent. Refused requests (invalid_grant, a pending
+ * device code, ...) are not counted. Tests count refreshes with it.
  */
 
 import * as crypto from 'node:crypto';
@@ -233,6 +240,22 @@ async function interaction(provider, ctx) {
   ctx.status = 303;
 }
 
+/** Successful token-endpoint grants by grant_type, for GET /stats. */
+const grantCounts = new Map();
+
+function countGrant(ctx) {
+  const grantType = String(ctx.oidc?.params?.grant_type ?? 'unknown');
+  grantCounts.set(grantType, (grantCounts.get(grantType) ?? 0) + 1);
+}
+
+/** GET /stats: the grant counts. */
+function statsRoute(ctx) {
+  ctx.status = 200;
+  ctx.type = 'application/json';
+  ctx.set('Cache-Control', 'no-store');
+  ctx.body = { grants: Object.fromEntries(grantCounts) };
+}
+
 /** GET /protected: 200 with the token's subject for a live access token. */
 async function protectedRoute(provider, ctx) {
   const match = /^Bearer ([A-Za-z0-9\-._~+/]+=*)$/.exec(ctx.get('authorization'));
@@ -323,6 +346,10 @@ function routes(provider) {
           return;
         }
       }
+      if (ctx.path === '/stats' && ctx.method === 'GET') {
+        statsRoute(ctx);
+        return;
+      }
       if (ctx.path === '/protected' && ctx.method === 'GET') {
         await protectedRoute(provider, ctx);
         return;
@@ -367,6 +394,7 @@ server.listen(requestedPort, HOST, () => {
     provider.on(event, (_ctx, err) => log(`${event}: ${err?.name}: ${err?.error_description ?? err?.message}${err?.error_detail ? ` (${err.error_detail})` : ''}`));
   }
   provider.on('grant.revoked', (_ctx, grantId) => log(`grant.revoked ${grantId}`));
+  provider.on('grant.success', countGrant);
   server.on('request', provider.callback());
   log(`issuer ${issuer}, access token ttl ${accessTokenTtl}s, `
     + `interactions ${deny ? 'denied' : autoApprove ? 'auto-approved' : 'refused'}`

@@ -76,7 +76,9 @@ pub async fn run(ctx: &mut Ctx, cmd: AuthCommand) -> Result<(), Failure> {
                 eprintln!(
                     "revoked the tokens of auth_scope {scope} at the provider and deleted them"
                 );
-            } else if !status.message.is_empty() {
+            } else if !local && !status.message.is_empty() {
+                // No revocation endpoint (or nothing was stored): the
+                // vault says what to do.
                 eprintln!("{}", status.message);
             } else {
                 eprintln!("deleted the tokens of auth_scope {scope}");

@@ -135,10 +135,13 @@ impl AuthService {
     }
 
     async fn audit_failure(&self, caller: &Caller, rpc: &str, scope_id: &str, err: &VaultError) {
-        let status = if matches!(err, VaultError::PermissionDenied { .. }) {
-            "denied"
-        } else {
-            "error"
+        // A user acting on a scope it may not see gets NOT_FOUND, exactly as
+        // for a missing one; like the Admin service, the attempt is audited
+        // as denied.
+        let status = match err {
+            VaultError::PermissionDenied { .. } => "denied",
+            VaultError::NotFound { .. } if !caller.is_admin() => "denied",
+            _ => "error",
         };
         let record = audit_record(caller, rpc, scope_id, status, &err.to_string());
         if let Err(e) = self
@@ -692,8 +695,8 @@ impl AuthService {
                 Err(OAuthError::Transient(_)) => "authorization_pending",
                 Err(err) => {
                     let doing = match err.code() {
-                        Some("access_denied") => "the user denied the device authorization",
-                        Some("expired_token") => "the device code expired",
+                        Some("access_denied") => "the device authorization (denied by the user)",
+                        Some("expired_token") => "the device authorization (the code expired)",
                         _ => "the device authorization",
                     };
                     return Err(provider_error(scope_id, doing, &err));

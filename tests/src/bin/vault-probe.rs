@@ -4,35 +4,56 @@
 //!
 //! ```text
 //! vault-probe --socket PATH credential SCOPE SERVER TRANSPORT [--tool T] [--rule R]
+//!     [--concurrent N]
 //! vault-probe --socket PATH config
+//! vault-probe --socket PATH complete-authorization STATE CODE [--iss ISS]
 //! vault-probe --socket PATH submit-audit --tool T --status S [--params JSON]
 //!     [--claim-uid N] [--claim-pid N] [--claim-kind K]
 //! ```
 //!
+//! `credential --concurrent N` opens N connections, then sends the same
+//! request on each at once (after all are connected) and prints a JSON
+//! array of the N answers in connection order, each the object a single
+//! request prints: the credential, or the refusal (`code`, `message`,
+//! `vault_code`, `fix`, `pid`). It exits 0 once every request was answered,
+//! whatever the answers (the test reads them), 1 if a connection fails.
+//!
 //! The `--claim-*` options put a uid, pid or kind in the submitted record,
 //! to check that the vault replaces them with what it knows of the peer.
+//!
+//! `complete-authorization` calls Auth/CompleteAuthorization directly (as
+//! `mcplexerctl auth authorize` does once the browser is back), so a test
+//! can hand the vault a made-up or another user's state; it prints the
+//! resulting status under `"status"`.
 //!
 //! Every answer carries `"pid"`, the probe's own pid, so a test can match it
 //! against the pid the vault audited. Values are printed as UTF-8 strings
 //! (lossy). On error it prints `{"code": "<gRPC code name>", "message": ...,
-//! "vault_code": ..., "pid": ...}` and exits 3 for PermissionDenied, 4 for the
-//! other refusals (invalid argument, not found, already exists, failed
-//! precondition, out of range, resource exhausted, unauthenticated), 1
-//! otherwise (including a socket it cannot connect to, code "Unreachable").
+//! "vault_code": ..., "fix": ..., "pid": ...}` (`fix`: the vault's
+//! `mcplexer-error-fix`, empty when it sent none) and exits 3 for
+//! PermissionDenied, 4 for the other refusals (invalid argument, not found,
+//! already exists, failed precondition, out of range, resource exhausted,
+//! unauthenticated), 1 otherwise (including a socket it cannot connect to,
+//! code "Unreachable").
 //! Usage errors exit 2.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use mcplexer_proto::v1::{AuditRecord, CredentialRequest, GetConfigRequest};
+use mcplexer_proto::v1::{
+    AuditRecord, CompleteAuthorizationRequest, CredentialRequest, GetConfigRequest,
+};
 use serde_json::{Value, json};
 use tonic::Code;
 
 /// What to do.
 enum Command {
     Credential(CredentialRequest),
+    /// `credential --concurrent N`: N requests at once, one per connection.
+    CredentialConcurrent(CredentialRequest, usize),
     Config,
     SubmitAudit(AuditRecord),
+    CompleteAuthorization(CompleteAuthorizationRequest),
 }
 
 /// Why the probe failed.
@@ -66,9 +87,15 @@ fn parse(argv: Vec<String>) -> Result<(PathBuf, Command), Failure> {
     let mut status = None;
     let mut params = String::new();
     let mut claim = AuditRecord::default();
+    let mut iss = String::new();
+    let mut concurrent = None;
     let mut args = argv.into_iter();
     while let Some(arg) = args.next() {
         match arg.as_str() {
+            "--concurrent" => match number(&value(&mut args, "--concurrent")?)? {
+                0 => return Err(usage("--concurrent wants at least 1")),
+                n => concurrent = Some(n as usize),
+            },
             "--socket" => socket = Some(PathBuf::from(value(&mut args, "--socket")?)),
             "--tool" => tool = value(&mut args, "--tool")?,
             "--rule" => rule = value(&mut args, "--rule")?,
@@ -77,6 +104,7 @@ fn parse(argv: Vec<String>) -> Result<(PathBuf, Command), Failure> {
             "--claim-uid" => claim.uid = number(&value(&mut args, "--claim-uid")?)?,
             "--claim-pid" => claim.pid = number(&value(&mut args, "--claim-pid")?)?,
             "--claim-kind" => claim.kind = value(&mut args, "--claim-kind")?,
+            "--iss" => iss = value(&mut args, "--iss")?,
             flag if flag.starts_with("--") => return Err(usage(format!("unknown option {flag}"))),
             _ => positional.push(arg),
         }
@@ -102,11 +130,23 @@ fn parse(argv: Vec<String>) -> Result<(PathBuf, Command), Failure> {
             params,
             ..claim
         }),
+        ["complete-authorization", state, code] => {
+            Command::CompleteAuthorization(CompleteAuthorizationRequest {
+                state: (*state).to_owned(),
+                code: (*code).to_owned(),
+                iss,
+            })
+        }
         _ => {
             return Err(usage(
-                "usage: vault-probe --socket PATH (credential SCOPE SERVER TRANSPORT [--tool T] [--rule R] | config | submit-audit --tool T --status S [--params JSON])",
+                "usage: vault-probe --socket PATH (credential SCOPE SERVER TRANSPORT [--tool T] [--rule R] | config | submit-audit --tool T --status S [--params JSON] | complete-authorization STATE CODE [--iss ISS])",
             ));
         }
+    };
+    let command = match (command, concurrent) {
+        (command, None) => command,
+        (Command::Credential(request), Some(n)) => Command::CredentialConcurrent(request, n),
+        (_, Some(_)) => return Err(usage("--concurrent applies to credential only")),
     };
     Ok((socket, command))
 }
@@ -122,6 +162,9 @@ async fn run(socket: PathBuf, command: Command) -> Result<Value, Failure> {
     let mut vault = mcplexer_proto::vault_client(channel);
     let pid = std::process::id();
     match command {
+        Command::CredentialConcurrent(request, n) => {
+            concurrent_credentials(&socket, request, n).await
+        }
         Command::Credential(request) => {
             let c = vault
                 .get_credential(request)
@@ -165,7 +208,98 @@ async fn run(socket: PathBuf, command: Command) -> Result<Value, Failure> {
                 .into_inner();
             Ok(json!({"pid": pid, "sequence": response.sequence}))
         }
+        Command::CompleteAuthorization(request) => {
+            // Its own connection: the Vault client above owns the first.
+            let channel = mcplexer_proto::connect(&socket)
+                .await
+                .map_err(|e| Failure::Unreachable(e.to_string()))?;
+            let status = mcplexer_proto::auth_client(channel)
+                .complete_authorization(request)
+                .await
+                .map_err(Failure::Status)?
+                .into_inner();
+            let status =
+                serde_json::to_value(&status).map_err(|e| Failure::Local(e.to_string()))?;
+            Ok(json!({"pid": pid, "status": status}))
+        }
     }
+}
+
+/// A credential as `credential` prints it.
+fn credential_json(c: &mcplexer_proto::v1::Credential, pid: u32) -> Value {
+    let values: Vec<Value> = c
+        .values
+        .iter()
+        .map(|v| json!({"name": v.name, "value": text(&v.value)}))
+        .collect();
+    let scrub: Vec<String> = c.scrub.iter().map(|s| text(s)).collect();
+    json!({
+        "pid": pid,
+        "kind": c.kind,
+        "values": values,
+        "version": c.version,
+        "expires_at_ms": c.expires_at_ms,
+        "scrub": scrub,
+        "redaction_hints": c.redaction_hints,
+    })
+}
+
+/// A refusal as a failed request prints it.
+fn refusal_json(status: &tonic::Status, pid: u32) -> Value {
+    let metadata = |key: &str| {
+        status
+            .metadata()
+            .get(key)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    json!({
+        "code": format!("{:?}", status.code()),
+        "message": status.message(),
+        "vault_code": metadata(mcplexer_proto::ERROR_CODE_KEY),
+        "fix": metadata(mcplexer_proto::ERROR_FIX_KEY),
+        "pid": pid,
+    })
+}
+
+/// `credential --concurrent n`: n connections, then n requests at once.
+async fn concurrent_credentials(
+    socket: &std::path::Path,
+    request: CredentialRequest,
+    n: usize,
+) -> Result<Value, Failure> {
+    let pid = std::process::id();
+    let mut clients = Vec::with_capacity(n);
+    for _ in 0..n {
+        let channel = mcplexer_proto::connect(socket)
+            .await
+            .map_err(|e| Failure::Unreachable(e.to_string()))?;
+        clients.push(mcplexer_proto::vault_client(channel));
+    }
+    // Every task waits here until all n are ready, then sends.
+    let start = std::sync::Arc::new(tokio::sync::Barrier::new(n));
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .map(|mut client| {
+            let (start, request) = (start.clone(), request.clone());
+            tokio::spawn(async move {
+                start.wait().await;
+                client.get_credential(request).await
+            })
+        })
+        .collect();
+    let mut answers = Vec::with_capacity(n);
+    for task in tasks {
+        let answer = task
+            .await
+            .map_err(|e| Failure::Local(format!("a request task failed: {e}")))?;
+        answers.push(match answer {
+            Ok(credential) => credential_json(credential.get_ref(), pid),
+            Err(status) => refusal_json(&status, pid),
+        });
+    }
+    Ok(Value::Array(answers))
 }
 
 fn exit_for(code: Code) -> u8 {
@@ -213,11 +347,18 @@ fn main() -> ExitCode {
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or_default()
                 .to_owned();
+            let fix = status
+                .metadata()
+                .get(mcplexer_proto::ERROR_FIX_KEY)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
             (
                 json!({
                     "code": format!("{:?}", status.code()),
                     "message": status.message(),
                     "vault_code": vault_code,
+                    "fix": fix,
                     "pid": pid,
                 }),
                 exit_for(status.code()),

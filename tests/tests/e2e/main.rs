@@ -5,8 +5,10 @@
 
 mod bad_input;
 mod crash;
+mod oauth_flows;
 mod oauth_peer;
 mod oauth_providers;
+mod oauth_refresh;
 mod peers;
 mod peers_smoke;
 mod probe;
