@@ -279,6 +279,24 @@ impl Tokens {
             .remove(scope_id);
     }
 
+    /// Forgets the tokens of scopes that no longer exist in `config` (their
+    /// rows went with the scope, in the same transaction).
+    pub fn retain_scopes(&self, config: &crate::model::ConfigState) {
+        let keep = |id: &String| config.scopes.contains_key(id);
+        self.metas
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|id, _| keep(id));
+        self.cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|id, _| keep(id));
+        self.backoff
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|id, _| keep(id));
+    }
+
     /// The per-scope lock that serialises refreshes, authorizations and
     /// revocations of one scope.
     pub fn lock(&self, scope_id: &str) -> Arc<tokio::sync::Mutex<()>> {

@@ -109,6 +109,9 @@ impl Shared {
             .await;
         if result.is_err() {
             self.audit_outcome(caller, rpc, &result, true).await;
+        } else {
+            // A deleted (or pruned) scope took its tokens with it.
+            self.tokens.retain_scopes(&self.store.snapshot().config);
         }
         result
     }

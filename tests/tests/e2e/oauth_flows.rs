@@ -554,7 +554,12 @@ fn full_flow(client: Client, client_id: &str) -> (OAuthServer, Vault) {
 
 #[test]
 fn public_client_pkce_flow_releases_a_live_token() {
-    full_flow(Client::Public, PUBLIC_CLIENT_ID);
+    let (_server, vault) = full_flow(Client::Public, PUBLIC_CLIENT_ID);
+    // A deleted scope takes its tokens along: made again under the same id,
+    // it starts unauthorized.
+    vault.ctl(["scope", "delete", "s"]).ok();
+    create_scope(&vault, "s", "p", &[]);
+    assert_unauthorized(&vault, "s");
 }
 
 #[test]
