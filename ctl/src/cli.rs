@@ -518,7 +518,7 @@ pub struct AuditArgs {
     /// Only records with this status: success | error | denied.
     #[arg(long, value_name = "S")]
     pub status: Option<String>,
-    /// Only records of this kind: release | call | admin.
+    /// Only records of this kind: release | call | admin | oauth (refreshes).
     #[arg(long, value_name = "K")]
     pub kind: Option<String>,
     /// Admins only: only records of this uid.

@@ -228,6 +228,12 @@ impl OAuthHttp {
                 "issuer {issuer:?} must not have a query or fragment"
             ));
         }
+        let loopback = matches!(base.host_str(), Some("127.0.0.1" | "[::1]" | "localhost"));
+        if base.scheme() != "https" && !(base.scheme() == "http" && loopback) {
+            return Err(format!(
+                "issuer {issuer:?} must be https (http only on a loopback host)"
+            ));
+        }
         let path = base.path().trim_end_matches('/');
         let origin = base.origin().ascii_serialization();
         let candidates = [

@@ -24,6 +24,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use mcplexer_proto::v1 as pb;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
@@ -379,6 +380,10 @@ impl Tokens {
                     wait
                 };
                 tracing::warn!(scope = scope_id, %error, retry_in_sec = wait.as_secs(), "token refresh failed");
+                let record = oauth_record(scope_id, "refresh", "error", &error);
+                if let Err(err) = store.write(move |ctx| ctx.insert_audit(record)).await {
+                    tracing::error!(error = %err, "cannot record an audit event");
+                }
                 if meta.expired(now_ms()) {
                     return Err(refresh_failed(scope_id, &error, wait));
                 }
@@ -483,9 +488,11 @@ impl Tokens {
         };
         let mut meta = TokenMeta::from_answer(&provider.id, &answer, Some(meta), true, now_ms());
         let id = scope_id.to_owned();
+        let record = oauth_record(scope_id, "refresh", "success", "");
         let meta = store
             .write(move |ctx| {
                 ctx.store_tokens(&id, &next, &mut meta)?;
+                ctx.insert_audit(record)?;
                 Ok(meta)
             })
             .await
@@ -515,8 +522,13 @@ impl Tokens {
         meta.grant = Grant::ReauthorizationRequired;
         meta.message = why.to_owned();
         let (id, stored) = (scope_id.to_owned(), meta.clone());
+        let record = oauth_record(scope_id, "refresh", "error", why);
         store
-            .write(move |ctx| ctx.update_token_meta(&id, &stored))
+            .write(move |ctx| {
+                ctx.update_token_meta(&id, &stored)?;
+                ctx.insert_audit(record)?;
+                Ok(())
+            })
             .await?;
         tracing::warn!(scope = scope_id, %why, "the scope needs authorizing again");
         self.committed(scope_id, Some(meta));
@@ -532,6 +544,22 @@ enum Refresh {
     Failed(String),
     /// The vault itself failed.
     Vault(VaultError),
+}
+
+/// The audit record of something the vault did with a scope's tokens on
+/// its own (a refresh): its own uid and pid, kind `oauth`. Never a token.
+fn oauth_record(scope_id: &str, action: &str, status: &str, error: &str) -> pb::AuditRecord {
+    pb::AuditRecord {
+        time_ms: now_ms(),
+        uid: nix::unistd::getuid().as_raw(),
+        pid: std::process::id(),
+        kind: "oauth".into(),
+        auth_scope_id: scope_id.into(),
+        status: status.into(),
+        error: error.into(),
+        action: action.into(),
+        ..Default::default()
+    }
 }
 
 fn refresh_failed(scope_id: &str, error: &str, wait: Duration) -> VaultError {

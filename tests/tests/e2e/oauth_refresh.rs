@@ -529,6 +529,15 @@ fn two_hundred_requests_after_expiry_cause_one_refresh_and_get_one_token() {
         status["refreshed_at_ms"].as_i64().unwrap() > 0,
         "{status:#}"
     );
+    // The vault audits its refreshes (kind oauth), one per refresh.
+    let records = vault.ctl(["--json", "audit", "--kind", "oauth"]).json();
+    let refreshed = records
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["action"] == "refresh" && r["status"] == "success")
+        .count() as u64;
+    assert_eq!(refreshed, refreshes(&server), "{records:#}");
 }
 
 // ---------------------------------------------------------------------
