@@ -293,11 +293,10 @@ impl Vault {
         self.ctl_with(Some((uid, gid)), args, stdin)
     }
 
-    fn ctl_with<I, S>(&self, user: Option<(u32, u32)>, args: I, stdin: Option<&[u8]>) -> Run
-    where
-        I: IntoIterator<Item = S>,
-        S: AsRef<OsStr>,
-    {
+    /// `mcplexerctl --socket SOCKET`, as `user` (uid, gid; through
+    /// `setpriv`, no supplementary groups) or as this process; arguments to
+    /// be added.
+    pub fn ctl_command(&self, user: Option<(u32, u32)>) -> Command {
         let mut cmd = match user {
             None => Command::new(bin("mcplexerctl")),
             Some((uid, gid)) => {
@@ -309,7 +308,17 @@ impl Vault {
                 cmd
             }
         };
-        cmd.arg("--socket").arg(&self.socket).args(args);
+        cmd.arg("--socket").arg(&self.socket);
+        cmd
+    }
+
+    fn ctl_with<I, S>(&self, user: Option<(u32, u32)>, args: I, stdin: Option<&[u8]>) -> Run
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut cmd = self.ctl_command(user);
+        cmd.args(args);
         cmd.env_remove("MCPLEXER_VAULT_SOCKET");
         cmd.stdin(if stdin.is_some() {
             Stdio::piped()
@@ -362,6 +371,24 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+/// Base64 (standard or url-safe, no padding) of the whole 3-byte groups of
+/// `bytes`: what a test searches for to prove a value is not stored in an
+/// encoded form (at each of the three alignments, by the caller).
+pub fn base64(bytes: &[u8], url_safe: bool) -> Vec<u8> {
+    let table: &[u8] = if url_safe {
+        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    } else {
+        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    };
+    bytes
+        .chunks_exact(3)
+        .flat_map(|c| {
+            let n = (u32::from(c[0]) << 16) | (u32::from(c[1]) << 8) | u32::from(c[2]);
+            [18, 12, 6, 0].map(|s| table[((n >> s) & 63) as usize])
+        })
+        .collect()
 }
 
 /// Whether `needle` occurs in `haystack`.

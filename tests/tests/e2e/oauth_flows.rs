@@ -49,7 +49,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, ChildStdout, Command, Output, Stdio};
+use std::process::{Child, ChildStdout, Output, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use mcplexer_tests::oauth::{
@@ -58,7 +58,7 @@ use mcplexer_tests::oauth::{
     browser_authorize, form_encode, query_param, query_params, try_browser_approve_device,
 };
 use mcplexer_tests::oauth_vault::{Authorizing, Client, authorize, configure};
-use mcplexer_tests::{Run, Vault, VaultOptions, bin, contains_bytes, files_under};
+use mcplexer_tests::{Run, Vault, VaultOptions, base64, contains_bytes, files_under};
 use serde_json::Value;
 
 use crate::probe::{Probe, audit, one, probe};
@@ -396,20 +396,8 @@ struct DeviceFlow {
 
 impl DeviceFlow {
     fn start(vault: &Vault, user: Option<(u32, u32)>, scope: &str) -> Self {
-        let mut cmd = match user {
-            None => Command::new(bin("mcplexerctl")),
-            Some((uid, gid)) => {
-                let mut cmd = Command::new("setpriv");
-                cmd.arg(format!("--reuid={uid}"))
-                    .arg(format!("--regid={gid}"))
-                    .arg("--clear-groups")
-                    .arg(bin("mcplexerctl"));
-                cmd
-            }
-        };
-        let mut child = cmd
-            .arg("--socket")
-            .arg(&vault.socket)
+        let mut child = vault
+            .ctl_command(user)
             .args(["auth", "authorize", scope, "--device"])
             .env_remove("MCPLEXER_VAULT_SOCKET")
             .stdin(Stdio::null())
@@ -1103,22 +1091,6 @@ fn only_the_owner_or_an_admin_may_authorize_or_revoke_and_refusals_are_audited()
 }
 
 // ----------------------------------------------- 10. no secret anywhere
-
-/// Base64 (standard or url-safe, no padding) of whole 3-byte groups.
-fn base64(bytes: &[u8], url_safe: bool) -> Vec<u8> {
-    let table: &[u8] = if url_safe {
-        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
-    } else {
-        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
-    };
-    bytes
-        .chunks_exact(3)
-        .flat_map(|c| {
-            let n = (u32::from(c[0]) << 16) | (u32::from(c[1]) << 8) | u32::from(c[2]);
-            [18, 12, 6, 0].map(|s| table[((n >> s) & 63) as usize])
-        })
-        .collect()
-}
 
 /// Every form of `value` that must not be found, labelled: the value, hex,
 /// base64 at each of the three alignments (so any base64 of data holding

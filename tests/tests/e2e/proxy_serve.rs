@@ -98,6 +98,15 @@ impl Drop for Served {
     }
 }
 
+/// The `Mcp-Session-Id` of an initialize answer's header block.
+fn session_id(head: &str) -> String {
+    head.lines()
+        .find_map(|l| l.strip_prefix("mcp-session-id: "))
+        .expect("no Mcp-Session-Id in the answer")
+        .trim()
+        .to_owned()
+}
+
 const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#;
 
 #[test]
@@ -160,12 +169,7 @@ fn foreign_origins_hosts_and_sessions_are_refused() {
     assert!(status.contains(" 200 "), "{status} {body}");
     let (status, head, _) = served.raw_full("POST", &json_headers, INIT);
     assert!(status.contains(" 200 "), "{status}");
-    let session = head
-        .lines()
-        .find_map(|l| l.strip_prefix("mcp-session-id: "))
-        .unwrap()
-        .trim()
-        .to_owned();
+    let session = session_id(&head);
     assert_eq!(session.len(), 32, "{session}");
     let with_session = [json_headers[0], ("Mcp-Session-Id", session.as_str())];
     let (status, body) = served.raw("POST", &with_session, ping);
@@ -247,12 +251,7 @@ fn progress_comes_on_the_calls_own_stream_before_its_result() {
     ];
     let (status, head, _) = served.raw_full("POST", &accept_both, INIT);
     assert!(status.contains(" 200 "), "{status}");
-    let session = head
-        .lines()
-        .find_map(|l| l.strip_prefix("mcp-session-id: "))
-        .unwrap()
-        .trim()
-        .to_owned();
+    let session = session_id(&head);
     let call = |id: u32| {
         json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {
             "name": "ev__trigger-long-running-operation",

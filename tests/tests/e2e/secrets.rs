@@ -13,7 +13,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use mcplexer_tests::{Run, Vault, contains_bytes, files_under, fixture};
+use mcplexer_tests::{Run, Vault, base64, contains_bytes, files_under, fixture};
 
 /// A 40-character value unique to this call (time, pid and a counter).
 fn unique_value() -> String {
@@ -35,21 +35,6 @@ fn unique_value() -> String {
             x ^= x >> 7;
             x ^= x << 17;
             ALPHABET[(x % ALPHABET.len() as u64) as usize] as char
-        })
-        .collect()
-}
-
-fn base64(bytes: &[u8], url_safe: bool) -> Vec<u8> {
-    let table: &[u8] = if url_safe {
-        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
-    } else {
-        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
-    };
-    bytes
-        .chunks_exact(3)
-        .flat_map(|c| {
-            let n = (u32::from(c[0]) << 16) | (u32::from(c[1]) << 8) | u32::from(c[2]);
-            [18, 12, 6, 0].map(|s| table[((n >> s) & 63) as usize])
         })
         .collect()
 }
