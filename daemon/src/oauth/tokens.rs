@@ -206,6 +206,9 @@ struct Backoff {
 /// step with every commit), the decrypted access tokens, and refresh.
 pub struct Tokens {
     http: OAuthHttp,
+    /// Bumped whenever a scope gains or loses a usable grant (not on a
+    /// refresh): proxies re-list what they may call.
+    grants: tokio::sync::watch::Sender<u64>,
     metas: Mutex<HashMap<String, TokenMeta>>,
     cache: Mutex<HashMap<String, Arc<Access>>>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -241,11 +244,28 @@ impl Tokens {
             .map_err(|message| VaultError::FailedPrecondition { message, fix: None })?;
         Ok(Self {
             http,
+            grants: tokio::sync::watch::Sender::new(0),
             metas: Mutex::new(metas.into_iter().collect()),
             cache: Mutex::new(HashMap::new()),
             locks: Mutex::new(HashMap::new()),
             backoff: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// How many times scopes gained or lost a usable grant.
+    pub fn grants_epoch(&self) -> u64 {
+        *self.grants.borrow()
+    }
+
+    /// A receiver that sees every such change.
+    pub fn watch_grants(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.grants.subscribe()
+    }
+
+    /// Records that a scope gained or lost a usable grant (authorized,
+    /// revoked, refused by its provider).
+    pub fn grants_changed(&self) {
+        self.grants.send_modify(|epoch| *epoch += 1);
     }
 
     /// The HTTP client for the provider's endpoints.
@@ -532,6 +552,7 @@ impl Tokens {
             .await?;
         tracing::warn!(scope = scope_id, %why, "the scope needs authorizing again");
         self.committed(scope_id, Some(meta));
+        self.grants_changed();
         Ok(())
     }
 }

@@ -130,6 +130,7 @@ impl AuthService {
             })
             .await?;
         self.0.tokens.committed(&scope_id, Some(meta.clone()));
+        self.0.tokens.grants_changed();
         tracing::info!(scope = %scope_id, version = meta.version, "scope authorized");
         Ok(status_of(&target.scope, Some(&meta)))
     }
@@ -354,6 +355,7 @@ impl AuthService {
             })
             .await?;
         self.0.tokens.committed(&scope_id, None);
+        self.0.tokens.grants_changed();
         let mut status = status_of(&target.scope, None);
         status.revoked_at_provider = revoked_at_provider;
         if stored.is_some() && target.provider.revocation_url.is_empty() {

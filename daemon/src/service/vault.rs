@@ -161,6 +161,12 @@ impl VaultService {
         })
     }
 
+    /// The generation a proxy sees: the configuration's, moved on too by
+    /// every change of which scopes have a usable grant (both only grow).
+    fn generation(&self, snap: &crate::store::Snapshot) -> u64 {
+        snap.generation + self.shared.tokens.grants_epoch()
+    }
+
     /// An oauth2 scope's access token (refreshed if due): in
     /// `token_env_var` for a stdio server, as `Authorization: Bearer` for
     /// an http one.
@@ -265,7 +271,7 @@ impl Vault for VaultService {
         let snap = self.shared.store.snapshot();
         let state = self.shared.authz.visible(&caller, &snap);
         Ok(Response::new(pb::RoutingConfig {
-            generation: snap.generation,
+            generation: self.generation(&snap),
             servers: state.servers.values().map(model::server_to_proto).collect(),
             workspaces: state
                 .workspaces
@@ -289,12 +295,19 @@ impl Vault for VaultService {
         request: Request<pb::GetConfigRequest>,
     ) -> Reply<Self::WatchConfigStream> {
         self.shared.authorize(&request, "Vault/WatchConfig").await?;
-        let stream =
-            tokio_stream::wrappers::WatchStream::new(self.shared.store.watch()).map(|snap| {
-                Ok(pb::ConfigGeneration {
-                    generation: snap.generation,
-                })
-            });
+        // A new configuration, or a scope authorized, revoked or in need
+        // of re-authorization: either changes what a proxy may call.
+        let configs =
+            tokio_stream::wrappers::WatchStream::new(self.shared.store.watch()).map(|_| ());
+        let grants =
+            tokio_stream::wrappers::WatchStream::new(self.shared.tokens.watch_grants()).map(|_| ());
+        let shared = self.shared.clone();
+        let stream = configs.merge(grants).map(move |()| {
+            let snap = shared.store.snapshot();
+            Ok(pb::ConfigGeneration {
+                generation: snap.generation + shared.tokens.grants_epoch(),
+            })
+        });
         Ok(Response::new(Box::pin(stream)))
     }
 

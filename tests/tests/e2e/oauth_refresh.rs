@@ -51,6 +51,7 @@ use serde_json::{Value, json};
 
 use crate::proxy::{env_of, error_message, through_proxy_in};
 use crate::proxy_lifecycle::{fifo, rendezvous, rendezvous_step};
+use crate::proxy_protocol::RawClient;
 
 const PROVIDER: &str = "idp";
 const SCOPE: &str = "idp-token";
@@ -913,4 +914,43 @@ route_rules:
     assert_eq!(header_in(5), bearer(&current.token));
     assert_ne!(current.token, first.token);
     assert_eq!(refreshes(&server), 1, "{}", grants(&server));
+}
+
+/// The tools a raw client lists (names).
+fn listed(client: &mut RawClient, id: u64) -> Vec<String> {
+    client.send(json!({"jsonrpc": "2.0", "id": id, "method": "tools/list"}));
+    let answer = client.until(|m| m["id"] == id);
+    answer["result"]["tools"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{answer:#}"))
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn authorizing_or_revoking_a_scope_tells_a_connected_client_its_tools_changed() {
+    let server = OAuthServer::start(3600);
+    let vault = Vault::start();
+    apply(&vault, &server, &server.token_endpoint(), &everything(true));
+    let mut client = RawClient::start(&vault);
+    // Unauthorized: the server's tools cannot be listed, so none show.
+    assert!(listed(&mut client, 1).is_empty());
+
+    let changed = |m: &Value| m["method"] == "notifications/tools/list_changed";
+    let seen = |client: &RawClient| client.seen.iter().filter(|m| changed(m)).count();
+    let before = seen(&client);
+    authorize(&vault, SCOPE);
+    client.until(changed);
+    assert!(seen(&client) > before);
+    assert!(
+        listed(&mut client, 2).iter().any(|t| t == "ev__get-env"),
+        "the authorized scope's tools are not listed"
+    );
+
+    let before = seen(&client);
+    vault.ctl(["auth", "revoke", SCOPE]).ok();
+    client.until(changed);
+    assert!(seen(&client) > before);
+    let _ = client.finish();
 }
