@@ -23,7 +23,7 @@ use mcplexer_proto::v1::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_stream::StreamExt;
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 use super::Ctx;
 use crate::cli::{AuthAuthorize, AuthCommand};
@@ -385,7 +385,8 @@ async fn wait_for_callback(
 }
 
 /// The request target of a GET, read within 10 s and 16 KiB.
-async fn read_target(stream: &mut TcpStream) -> Option<String> {
+/// (It carries the code: kept in a buffer that is wiped.)
+async fn read_target(stream: &mut TcpStream) -> Option<Zeroizing<String>> {
     let mut buf = Zeroizing::new(Vec::with_capacity(1024));
     let read = async {
         let mut chunk = [0u8; 1024];
@@ -405,7 +406,7 @@ async fn read_target(stream: &mut TcpStream) -> Option<String> {
     let line = std::str::from_utf8(line).ok()?.trim_end();
     let mut parts = line.split(' ');
     match (parts.next(), parts.next()) {
-        (Some("GET"), Some(target)) => Some(target.to_owned()),
+        (Some("GET"), Some(target)) => Some(Zeroizing::new(target.to_owned())),
         _ => None,
     }
 }
@@ -426,8 +427,8 @@ async fn respond(stream: &mut TcpStream, status: u16, text: &str) {
 }
 
 /// Decodes a query string (`+` is a space, `%XX` a byte).
-fn parse_query(query: &str) -> Vec<(String, String)> {
-    fn decode(s: &str) -> String {
+fn parse_query(query: &str) -> Vec<(String, Zeroizing<String>)> {
+    fn decode(s: &str) -> Zeroizing<String> {
         let hex = |b: u8| char::from(b).to_digit(16);
         let bytes = s.as_bytes();
         let mut out = Vec::with_capacity(bytes.len());
@@ -446,14 +447,16 @@ fn parse_query(query: &str) -> Vec<(String, String)> {
             }
             i += 1;
         }
-        String::from_utf8_lossy(&out).into_owned()
+        let text = Zeroizing::new(String::from_utf8_lossy(&out).into_owned());
+        out.zeroize();
+        text
     }
     query
         .split('&')
         .filter(|p| !p.is_empty())
         .map(|pair| {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (decode(k), decode(v))
+            (decode(k).to_string(), decode(v))
         })
         .collect()
 }
