@@ -35,6 +35,8 @@ use crate::vault::VaultLink;
 const SESSION: &str = "mcp-session-id";
 /// The protocol version header.
 const PROTOCOL: &str = "mcp-protocol-version";
+/// Messages kept for a session's stream while it is not open.
+const NOTES: usize = 64;
 /// The largest request body accepted (16 MiB).
 const MAX_BODY: usize = 16 << 20;
 
@@ -68,7 +70,7 @@ impl std::str::FromStr for Listen {
 struct Session {
     gateway: Arc<Gateway>,
     /// The proxy's notifications for this client; held by its open stream.
-    notes: Arc<Mutex<mpsc::UnboundedReceiver<Value>>>,
+    notes: Arc<Mutex<mpsc::Receiver<Value>>>,
 }
 
 struct Served {
@@ -197,7 +199,19 @@ async fn post_message(
                 "no randomness for a session id",
             );
         }
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, mut from_gateway) = mpsc::unbounded_channel();
+        // The session's stream may never be opened (it is optional): keep
+        // at most NOTES of the gateway's messages for it and drop the
+        // rest, which are notifications a client can do without (a lost
+        // tools/list_changed is followed by another on the next change).
+        let (keep, rx) = mpsc::channel(NOTES);
+        tokio::spawn(async move {
+            while let Some(note) = from_gateway.recv().await {
+                if let Err(mpsc::error::TrySendError::Closed(_)) = keep.try_send(note) {
+                    return;
+                }
+            }
+        });
         let session = Arc::new(Session {
             gateway: Gateway::new(
                 served.vault.clone(),
