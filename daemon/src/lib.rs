@@ -18,6 +18,7 @@ pub mod ops;
 pub mod rotate;
 pub mod server;
 pub mod service;
+pub mod service_env;
 pub mod store;
 pub mod sys;
 pub mod vault;
@@ -216,7 +217,7 @@ async fn apply_config(store: &Store, path: &Path, uid: u32) -> Result<(), StartE
     Ok(())
 }
 
-async fn shutdown_signal() {
+async fn shutdown_signal(notifier: service_env::Notifier) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
@@ -229,11 +230,12 @@ async fn shutdown_signal() {
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
         _ = int.recv() => tracing::info!("SIGINT: shutting down"),
     }
-    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    notifier.notify("STOPPING=1");
 }
 
-/// Runs the daemon until SIGTERM or SIGINT.
-pub async fn run(cli: Cli) -> Result<(), StartError> {
+/// Runs the daemon until SIGTERM or SIGINT, with what systemd passed
+/// (taken out of the environment by [`service_env::take`]).
+pub async fn run(cli: Cli, service: service_env::ServiceEnv) -> Result<(), StartError> {
     sys::private_umask();
     sys::harden_process()
         .map_err(|e| StartError(format!("cannot make the process non-dumpable: {e}")))?;
@@ -244,7 +246,11 @@ pub async fn run(cli: Cli) -> Result<(), StartError> {
         sys::check_private(path, "identity", uid).map_err(StartError)?;
     }
 
-    let (keyring, origin) = vault::load_or_generate(&settings.state_dir, cli.identity.as_deref())?;
+    let (keyring, origin) = vault::load_or_generate(
+        &settings.state_dir,
+        cli.identity.as_deref(),
+        service.credentials_directory.as_deref(),
+    )?;
     let pending_path = rotate::pending_path(&settings.state_dir);
     let pending = match origin {
         vault::IdentityOrigin::StateDir(_) => vault::read_if_exists(&pending_path)?,
@@ -268,9 +274,23 @@ pub async fn run(cli: Cli) -> Result<(), StartError> {
     }
 
     let journal = store::AuditJournal::open(store.clone(), &settings.state_dir).await?;
-    let listener = server::bind(&settings.socket, settings.client_gid)
-        .await
-        .map_err(StartError)?;
+    let mut passed = service.listen_fds.into_iter();
+    let (listener, socket) = match passed.next() {
+        Some(fd) => {
+            if passed.next().is_some() {
+                tracing::warn!("systemd passed more than one socket; using the first");
+            }
+            let (listener, path) = server::adopt(fd).map_err(StartError)?;
+            tracing::info!(socket = %path.display(), "using the socket passed by systemd");
+            (listener, server::Socket::Passed(path))
+        }
+        None => {
+            let listener = server::bind(&settings.socket, settings.client_gid)
+                .await
+                .map_err(StartError)?;
+            (listener, server::Socket::Bound(settings.socket.clone()))
+        }
+    };
     let retention_days = cli.audit_retention_days;
     let tokens = crate::oauth::tokens::Tokens::load(&store).await?;
     let shared = Arc::new(Shared {
@@ -295,13 +315,13 @@ pub async fn run(cli: Cli) -> Result<(), StartError> {
     });
     tokio::spawn(prune_audit(store, retention_days));
     tracing::info!(
-        socket = %settings.socket.display(),
+        socket = %socket.path().display(),
         state_dir = %settings.state_dir.display(),
         mode = shared.info.mode,
         "vault ready"
     );
-    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
-    let served = server::serve(listener, settings.socket, shared, shutdown_signal()).await;
+    service.notifier.notify("READY=1");
+    let served = server::serve(listener, socket, shared, shutdown_signal(service.notifier)).await;
     // Not required for safety (the next start ingests the journal), but a
     // clean stop leaves the audit table complete.
     if let Err(err) = journal.flush().await {

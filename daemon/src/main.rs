@@ -27,6 +27,9 @@ fn init_logging() {
 }
 
 fn main() -> ExitCode {
+    // SAFETY: the first thing the process does, while it has one thread:
+    // nothing else reads the environment yet.
+    let service = unsafe { mcplexer_vaultd::service_env::take() };
     let cli = mcplexer_vaultd::cli::Cli::parse();
     init_logging();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -39,7 +42,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(mcplexer_vaultd::run(cli)) {
+    match runtime.block_on(mcplexer_vaultd::run(cli, service)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("mcplexer-vaultd: {err}");

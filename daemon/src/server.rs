@@ -128,11 +128,58 @@ pub async fn bind(path: &Path, gid: Option<u32>) -> Result<UnixListener, String>
     Ok(listener)
 }
 
-/// Serves both services on `listener` until `shutdown` completes; removes the
-/// socket file afterwards.
+/// The socket the daemon serves on.
+#[derive(Clone, Debug)]
+pub enum Socket {
+    /// Bound by the daemon: removed when it stops.
+    Bound(PathBuf),
+    /// Passed by systemd (socket activation): systemd's to remove.
+    Passed(PathBuf),
+}
+
+impl Socket {
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        match self {
+            Self::Bound(path) | Self::Passed(path) => path,
+        }
+    }
+}
+
+/// Takes a listening socket systemd passed: it must be a listening Unix
+/// stream socket. Returns it with its path.
+pub fn adopt(fd: std::os::fd::OwnedFd) -> Result<(UnixListener, PathBuf), String> {
+    use nix::sys::socket::{SockType, getsockname, getsockopt, sockopt};
+    let unfit = |why: String| format!("the socket systemd passed cannot be used: {why}");
+    let kind = getsockopt(&fd, sockopt::SockType).map_err(|e| unfit(e.to_string()))?;
+    let listening = getsockopt(&fd, sockopt::AcceptConn).map_err(|e| unfit(e.to_string()))?;
+    let addr: nix::sys::socket::UnixAddr = {
+        use std::os::fd::AsRawFd;
+        getsockname(fd.as_raw_fd()).map_err(|e| unfit(format!("not a Unix socket ({e})")))?
+    };
+    if kind != SockType::Stream || !listening {
+        return Err(unfit(
+            "it is not a listening Unix stream socket (ListenStream=/path in the socket unit)"
+                .into(),
+        ));
+    }
+    let path = addr
+        .path()
+        .map(Path::to_path_buf)
+        .ok_or_else(|| unfit("it has no path".into()))?;
+    let std_listener = std::os::unix::net::UnixListener::from(fd);
+    std_listener
+        .set_nonblocking(true)
+        .map_err(|e| unfit(e.to_string()))?;
+    let listener = UnixListener::from_std(std_listener).map_err(|e| unfit(e.to_string()))?;
+    Ok((listener, path))
+}
+
+/// Serves both services on `listener` until `shutdown` completes; removes a
+/// socket file it bound afterwards.
 pub async fn serve(
     listener: UnixListener,
-    socket: PathBuf,
+    socket: Socket,
     shared: Arc<Shared>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
@@ -163,6 +210,8 @@ pub async fn serve(
         .add_service(vault)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
-    let _ = std::fs::remove_file(&socket);
+    if let Socket::Bound(path) = &socket {
+        let _ = std::fs::remove_file(path);
+    }
     result.map_err(|e| format!("the gRPC server failed: {e}"))
 }

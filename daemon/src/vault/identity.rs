@@ -155,17 +155,19 @@ fn read_identity(path: &Path) -> Result<Keyring> {
 }
 
 /// Loads the identity: `explicit` (`--identity`) first, then the systemd
-/// credential `vault-identity`, then `state_dir/identity.txt`, generating the
+/// credential `vault-identity` in `credentials` ($CREDENTIALS_DIRECTORY),
+/// then `state_dir/identity.txt`, generating the
 /// last on first start.
 pub fn load_or_generate(
     state_dir: &Path,
     explicit: Option<&Path>,
+    credentials: Option<&Path>,
 ) -> Result<(Keyring, IdentityOrigin)> {
     if let Some(path) = explicit {
         return Ok((read_identity(path)?, IdentityOrigin::File(path.to_owned())));
     }
-    if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY").filter(|d| !d.is_empty()) {
-        let path = PathBuf::from(dir).join("vault-identity");
+    if let Some(dir) = credentials {
+        let path = dir.join("vault-identity");
         if path.exists() {
             return Ok((read_identity(&path)?, IdentityOrigin::Credential(path)));
         }

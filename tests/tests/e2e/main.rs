@@ -3,6 +3,7 @@
 
 #![allow(missing_docs)]
 
+mod activation;
 mod bad_input;
 mod crash;
 mod oauth_flows;

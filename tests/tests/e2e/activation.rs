@@ -1,0 +1,162 @@
+//! Socket activation and the systemd units, end to end.
+//!
+//! Proves: under `systemd-socket-activate` the socket exists before the
+//! vault runs, the vault is started by the first connection and serves on
+//! the socket it was passed (it binds none of its own), and leaves that
+//! socket in place when it stops (it is the service manager's); a
+//! `LISTEN_FDS` meant for another process (`LISTEN_PID`) is ignored and the
+//! vault binds its own socket; the packaged units pass `systemd-analyze
+//! verify` (with ExecStart pointed at the built binary) and the vault's
+//! unit scores an exposure of at most 1.5 in `systemd-analyze security`,
+//! with nothing on stderr.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use mcplexer_tests::bin;
+
+fn units_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../packaging/systemd")
+        .canonicalize()
+        .unwrap()
+}
+
+fn ctl(socket: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(bin("mcplexerctl"))
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn the_vault_serves_on_the_socket_systemd_passes() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("vault.sock");
+    let state = dir.path().join("state");
+    let mut activator = Command::new("systemd-socket-activate")
+        .arg("-l")
+        .arg(&socket)
+        .arg(bin("mcplexer-vaultd"))
+        .args(["--user", "--state-dir"])
+        .arg(&state)
+        // Its own default socket would be here: it must not bind it.
+        .env("XDG_RUNTIME_DIR", dir.path())
+        .env_remove("NOTIFY_SOCKET")
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("systemd-socket-activate (systemd) is needed");
+    let mut stderr = BufReader::new(activator.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    assert!(line.starts_with("Listening on"), "{line:?}");
+    // The socket is there; the vault has not run yet.
+    assert!(socket.exists());
+    assert!(!state.exists(), "the vault started before a connection");
+
+    let status = ctl(&socket, &["--json", "status"]);
+    assert!(status.status.success(), "{status:?}");
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["mode"], "user");
+    assert!(state.exists());
+    assert!(
+        !dir.path().join("mcplexer/vault.sock").exists(),
+        "the vault bound a socket of its own"
+    );
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(activator.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(activator.wait().unwrap().success());
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut log).unwrap();
+    assert!(log.contains("using the socket passed by systemd"), "{log}");
+    assert!(
+        socket.exists(),
+        "the vault removed the socket it was passed"
+    );
+}
+
+#[test]
+fn sockets_passed_to_another_process_are_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("own.sock");
+    let notify = dir.path().join("notify");
+    let ready = UnixDatagram::bind(&notify).unwrap();
+    let mut vault = Command::new(bin("mcplexer-vaultd"))
+        .args(["--user", "--state-dir"])
+        .arg(dir.path().join("state"))
+        .arg("--socket")
+        .arg(&socket)
+        .env("LISTEN_PID", "1")
+        .env("LISTEN_FDS", "1")
+        .env("NOTIFY_SOCKET", &notify)
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let n = ready.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"READY=1");
+    let status = ctl(&socket, &["status"]);
+    assert!(status.status.success(), "{status:?}");
+    vault.kill().unwrap();
+    vault.wait().unwrap();
+}
+
+#[test]
+fn the_units_verify_and_the_vault_scores_at_most_1_5() {
+    let units = units_dir();
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["mcplexer-vaultd.service", "mcplexer-vaultd.socket"] {
+        let text = std::fs::read_to_string(units.join(name)).unwrap();
+        // verify wants ExecStart's program to exist: the built one.
+        let text = text.replace(
+            "ExecStart=/usr/bin/mcplexer-vaultd",
+            &format!("ExecStart={}", bin("mcplexer-vaultd").display()),
+        );
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    let verify = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(dir.path().join("mcplexer-vaultd.socket"))
+        .arg(dir.path().join("mcplexer-vaultd.service"))
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success() && verify.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+
+    let security = Command::new("systemd-analyze")
+        .args(["security", "--offline=true", "--threshold=15"])
+        .arg(units.join("mcplexer-vaultd.service"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&security.stdout);
+    assert!(security.status.success(), "exposure over 1.5:\n{stdout}");
+    assert!(
+        security.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&security.stderr)
+    );
+    let score: f64 = stdout
+        .lines()
+        .find_map(|l| {
+            l.split("Overall exposure level for mcplexer-vaultd.service: ")
+                .nth(1)
+        })
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no score in:\n{stdout}"));
+    assert!(score <= 1.5, "{score}");
+}
