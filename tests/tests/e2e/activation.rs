@@ -8,7 +8,9 @@
 //! vault binds its own socket; the packaged units pass `systemd-analyze
 //! verify` (with ExecStart pointed at the built binary) and the vault's
 //! unit scores an exposure of at most 1.5 in `systemd-analyze security`,
-//! with nothing on stderr.
+//! with nothing on stderr; the sysusers.d and tmpfiles.d files make the
+//! `mcplexer` user and group, the `mcplexer-admin` group and the state,
+//! runtime and configuration directories with their owners and modes.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -159,4 +161,60 @@ fn the_units_verify_and_the_vault_scores_at_most_1_5() {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no score in:\n{stdout}"));
     assert!(score <= 1.5, "{score}");
+}
+
+#[test]
+fn sysusers_and_tmpfiles_make_the_users_groups_and_directories() {
+    let packaging = units_dir().join("..");
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    std::fs::create_dir_all(r.join("etc")).unwrap();
+    for (kind, tool) in [
+        ("sysusers.d", "systemd-sysusers"),
+        ("tmpfiles.d", "systemd-tmpfiles"),
+    ] {
+        let dir = r.join("usr/lib").join(kind);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(
+            packaging.join(kind).join("mcplexer.conf"),
+            dir.join("mcplexer.conf"),
+        )
+        .unwrap();
+        let mut cmd = Command::new(tool);
+        cmd.arg(format!("--root={}", r.display()));
+        if tool == "systemd-tmpfiles" {
+            cmd.arg("--create");
+        }
+        let out = cmd.arg("mcplexer.conf").output().unwrap();
+        assert!(out.status.success(), "{tool}: {out:?}");
+    }
+    let passwd = std::fs::read_to_string(r.join("etc/passwd")).unwrap();
+    let group = std::fs::read_to_string(r.join("etc/group")).unwrap();
+    let field = |text: &str, name: &str, i: usize| -> String {
+        text.lines()
+            .map(|l| l.split(':').collect::<Vec<_>>())
+            .find(|f| f[0] == name)
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"))[i]
+            .to_owned()
+    };
+    let uid: u32 = field(&passwd, "mcplexer", 2).parse().unwrap();
+    let gid: u32 = field(&group, "mcplexer", 2).parse().unwrap();
+    assert_eq!(
+        field(&passwd, "mcplexer", 3),
+        gid.to_string(),
+        "primary group"
+    );
+    assert_eq!(field(&passwd, "mcplexer", 5), "/var/lib/mcplexer");
+    assert_eq!(field(&passwd, "mcplexer", 6), "/usr/sbin/nologin");
+    field(&group, "mcplexer-admin", 2);
+    use std::os::unix::fs::MetadataExt;
+    for (path, mode, owner, group) in [
+        ("var/lib/mcplexer", 0o700, uid, gid),
+        ("run/mcplexer", 0o755, uid, gid),
+        ("etc/mcplexer", 0o755, 0, 0),
+    ] {
+        let meta = std::fs::metadata(r.join(path)).unwrap();
+        assert_eq!(meta.mode() & 0o7777, mode, "{path}");
+        assert_eq!((meta.uid(), meta.gid()), (owner, group), "{path}");
+    }
 }
