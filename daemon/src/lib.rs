@@ -18,7 +18,6 @@ pub mod ops;
 pub mod rotate;
 pub mod server;
 pub mod service;
-pub mod service_env;
 pub mod store;
 pub mod sys;
 pub mod vault;
@@ -217,7 +216,15 @@ async fn apply_config(store: &Store, path: &Path, uid: u32) -> Result<(), StartE
     Ok(())
 }
 
-async fn shutdown_signal(notifier: service_env::Notifier) {
+/// Tells the service manager `state`, if it listens; a failure is logged
+/// (the manager then reports what it missed).
+fn notify(notifier: &mcplexer_proto::service_env::Notifier, state: &str) {
+    if let Err(err) = notifier.notify(state) {
+        tracing::warn!(error = %err, state, "cannot notify the service manager");
+    }
+}
+
+async fn shutdown_signal(notifier: mcplexer_proto::service_env::Notifier) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
@@ -230,12 +237,15 @@ async fn shutdown_signal(notifier: service_env::Notifier) {
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
         _ = int.recv() => tracing::info!("SIGINT: shutting down"),
     }
-    notifier.notify("STOPPING=1");
+    notify(&notifier, "STOPPING=1");
 }
 
 /// Runs the daemon until SIGTERM or SIGINT, with what systemd passed
-/// (taken out of the environment by [`service_env::take`]).
-pub async fn run(cli: Cli, service: service_env::ServiceEnv) -> Result<(), StartError> {
+/// (taken out of the environment by [`mcplexer_proto::service_env::take`]).
+pub async fn run(
+    cli: Cli,
+    service: mcplexer_proto::service_env::ServiceEnv,
+) -> Result<(), StartError> {
     sys::private_umask();
     sys::harden_process()
         .map_err(|e| StartError(format!("cannot make the process non-dumpable: {e}")))?;
@@ -320,7 +330,7 @@ pub async fn run(cli: Cli, service: service_env::ServiceEnv) -> Result<(), Start
         mode = shared.info.mode,
         "vault ready"
     );
-    service.notifier.notify("READY=1");
+    notify(&service.notifier, "READY=1");
     let served = server::serve(listener, socket, shared, shutdown_signal(service.notifier)).await;
     // Not required for safety (the next start ingests the journal), but a
     // clean stop leaves the audit table complete.

@@ -29,7 +29,7 @@ fn init_logging() {
 fn main() -> ExitCode {
     // SAFETY: the first thing the process does, while it has one thread:
     // nothing else reads the environment yet.
-    let service = unsafe { mcplexer_vaultd::service_env::take() };
+    let service = unsafe { mcplexer_proto::service_env::take() };
     let cli = mcplexer_vaultd::cli::Cli::parse();
     init_logging();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

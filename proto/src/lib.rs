@@ -1,6 +1,8 @@
 //! Protocol of the MCPlexer vault: the generated prost messages and tonic
-//! services of `mcplexer/v1`, and [`connect`], the client-side helper that
-//! opens a channel over the vault's Unix socket.
+//! services of `mcplexer/v1`, [`connect`], the client-side helper that
+//! opens a channel over the vault's Unix socket, and [`service_env`], what
+//! systemd passes the vault and the proxy (sockets, notification socket,
+//! credentials).
 //!
 //! Trust: nothing here authenticates anyone. The vault authorises each call
 //! from the socket's peer credentials; clients only need to reach the socket.
@@ -11,6 +13,8 @@ use std::time::Duration;
 use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint, Uri};
+
+pub mod service_env;
 
 /// Generated code of the `mcplexer.v1` package.
 #[allow(missing_docs, clippy::all)]

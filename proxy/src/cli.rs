@@ -36,8 +36,9 @@ pub enum Command {
     Serve {
         /// `127.0.0.1:PORT` (port 0: any free port), `[::1]:PORT`, or
         /// `unix:PATH`. The endpoint is printed on stdout once listening.
+        /// Not needed when systemd passes the socket (mcplexer-proxy.socket).
         #[arg(long, value_name = "ADDR")]
-        listen: crate::serve::Listen,
+        listen: Option<crate::serve::Listen>,
         /// The directory that picks the workspace of a client that declares
         /// no roots (one that does is placed by its first root) [default:
         /// the current one].

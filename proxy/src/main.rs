@@ -8,6 +8,10 @@ use mcplexer_proxy::cli::{Cli, Command};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
+    // SAFETY: the first thing the process does, while it has one thread:
+    // nothing else reads the environment yet. What systemd passed leaves
+    // the environment, so no downstream child could see it either.
+    let service = unsafe { mcplexer_proto::service_env::take() };
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -42,7 +46,8 @@ fn main() -> ExitCode {
                 log_full,
             } => {
                 let cwd = mcplexer_proxy::resolve_cwd(cwd)?;
-                mcplexer_proxy::serve::run(vault, cwd, log_full, listen)
+                let passed = service.listen_fds.into_iter().next();
+                mcplexer_proxy::serve::run(vault, cwd, log_full, listen, passed)
                     .await
                     .map_err(|e| e.to_string())
             }

@@ -353,14 +353,61 @@ async fn end_session(State(served): State<Arc<Served>>, headers: HeaderMap) -> R
     StatusCode::OK.into_response()
 }
 
-/// Serves clients until SIGTERM/SIGINT; prints the endpoint on stdout once
+/// A listening socket to serve on.
+enum Bound {
+    Tcp(tokio::net::TcpListener),
+    /// With the path to remove at exit, when this process made it.
+    Unix(tokio::net::UnixListener, Option<PathBuf>),
+}
+
+impl Bound {
+    /// Binds `listen`.
+    async fn bind(listen: Listen) -> std::io::Result<Self> {
+        Ok(match listen {
+            Listen::Tcp(addr) => Self::Tcp(tokio::net::TcpListener::bind(addr).await?),
+            Listen::Unix(path) => Self::Unix(tokio::net::UnixListener::bind(&path)?, Some(path)),
+        })
+    }
+
+    /// Takes a listening socket systemd passed: a Unix socket, or a TCP one
+    /// on a loopback address.
+    fn adopt(fd: std::os::fd::OwnedFd) -> std::io::Result<Self> {
+        let unix = std::os::unix::net::UnixListener::from(fd);
+        if unix.local_addr().is_ok() {
+            unix.set_nonblocking(true)?;
+            return Ok(Self::Unix(tokio::net::UnixListener::from_std(unix)?, None));
+        }
+        let tcp = std::net::TcpListener::from(std::os::fd::OwnedFd::from(unix));
+        let addr = tcp.local_addr()?;
+        if !addr.ip().is_loopback() {
+            return Err(std::io::Error::other(format!(
+                "the socket systemd passed listens on {addr}, which is not a loopback address; the proxy serves only 127.0.0.1, ::1 or a Unix socket"
+            )));
+        }
+        tcp.set_nonblocking(true)?;
+        Ok(Self::Tcp(tokio::net::TcpListener::from_std(tcp)?))
+    }
+}
+
+/// Serves clients until SIGTERM/SIGINT on the socket systemd passed
+/// (`passed`), else on `listen`; prints the endpoint on stdout once
 /// listening (`http://127.0.0.1:PORT/mcp` or `unix:PATH`).
 pub async fn run(
     vault: Arc<VaultLink>,
     cwd: PathBuf,
     log_full: bool,
-    listen: Listen,
+    listen: Option<Listen>,
+    passed: Option<std::os::fd::OwnedFd>,
 ) -> std::io::Result<()> {
+    let bound = match (passed, listen) {
+        (Some(fd), _) => Bound::adopt(fd)?,
+        (None, Some(listen)) => Bound::bind(listen).await?,
+        (None, None) => {
+            return Err(std::io::Error::other(
+                "give --listen ADDR (127.0.0.1:PORT or unix:PATH), or start the proxy with a socket passed by systemd (mcplexer-proxy.socket)",
+            ));
+        }
+    };
     if let Err(err) = vault.load().await {
         tracing::warn!(error = %err, "no routing configuration yet; calls fail until the vault answers");
     }
@@ -369,7 +416,7 @@ pub async fn run(
         vault,
         cwd,
         log_full,
-        tcp: matches!(listen, Listen::Tcp(_)),
+        tcp: matches!(bound, Bound::Tcp(_)),
         sessions: Mutex::new(HashMap::new()),
     });
     let app = Router::new()
@@ -392,21 +439,26 @@ pub async fn run(
             std::future::pending::<()>().await;
         }
     };
-    match listen {
-        Listen::Tcp(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr).await?;
+    match bound {
+        Bound::Tcp(listener) => {
             println!("http://{}/mcp", listener.local_addr()?);
             axum::serve(listener, app)
                 .with_graceful_shutdown(shutdown)
                 .await?;
         }
-        Listen::Unix(path) => {
-            let listener = tokio::net::UnixListener::bind(&path)?;
+        Bound::Unix(listener, made) => {
+            let path = listener
+                .local_addr()?
+                .as_pathname()
+                .map(std::path::Path::to_path_buf)
+                .unwrap_or_default();
             println!("unix:{}", path.display());
             axum::serve(listener, app)
                 .with_graceful_shutdown(shutdown)
                 .await?;
-            let _ = std::fs::remove_file(&path);
+            if let Some(made) = made {
+                let _ = std::fs::remove_file(&made);
+            }
         }
     }
     let sessions: Vec<Arc<Session>> = served

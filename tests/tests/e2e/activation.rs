@@ -5,9 +5,11 @@
 //! the socket it was passed (it binds none of its own), and leaves that
 //! socket in place when it stops (it is the service manager's); a
 //! `LISTEN_FDS` meant for another process (`LISTEN_PID`) is ignored and the
-//! vault binds its own socket; the packaged units pass `systemd-analyze
+//! vault binds its own socket; `mcplexer-proxy serve` likewise serves
+//! streamable HTTP on a passed Unix socket and leaves it in place; the packaged units pass `systemd-analyze
 //! verify` (with ExecStart pointed at the built binary) and the vault's
-//! unit scores an exposure of at most 1.5 in `systemd-analyze security`,
+//! unit scores an exposure of at most 1.5 (the proxy's user units verify
+//! too) in `systemd-analyze security`,
 //! with nothing on stderr; the sysusers.d and tmpfiles.d files make the
 //! `mcplexer` user and group, the `mcplexer-admin` group and the state,
 //! runtime and configuration directories with their owners and modes.
@@ -217,4 +219,85 @@ fn sysusers_and_tmpfiles_make_the_users_groups_and_directories() {
         assert_eq!(meta.mode() & 0o7777, mode, "{path}");
         assert_eq!((meta.uid(), meta.gid()), (owner, group), "{path}");
     }
+}
+
+#[test]
+fn the_proxy_serves_on_the_socket_systemd_passes() {
+    use std::io::{Read, Write};
+    let vault = mcplexer_tests::Vault::start();
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("proxy.sock");
+    let mut activator = Command::new("systemd-socket-activate")
+        .arg("-l")
+        .arg(&socket)
+        .arg(bin("mcplexer-proxy"))
+        .arg("--socket")
+        .arg(&vault.socket)
+        .args(["serve", "--cwd", "/tmp"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(activator.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    assert!(line.starts_with("Listening on"), "{line:?}");
+
+    let body = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#;
+    let mut conn = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    write!(
+        conn,
+        "POST /mcp HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("mcp-session-id: "), "{answer}");
+    assert!(answer.contains("\"serverInfo\""), "{answer}");
+
+    let mut endpoint = String::new();
+    BufReader::new(activator.stdout.take().unwrap())
+        .read_line(&mut endpoint)
+        .unwrap();
+    assert_eq!(endpoint.trim(), format!("unix:{}", socket.display()));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(activator.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(activator.wait().unwrap().success());
+    assert!(
+        socket.exists(),
+        "the proxy removed the socket it was passed"
+    );
+}
+
+#[test]
+fn the_proxy_user_units_verify() {
+    let units = units_dir().join("user");
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["mcplexer-proxy.service", "mcplexer-proxy.socket"] {
+        let text = std::fs::read_to_string(units.join(name)).unwrap().replace(
+            "ExecStart=/usr/bin/mcplexer-proxy",
+            &format!("ExecStart={}", bin("mcplexer-proxy").display()),
+        );
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    // A user manager's runtime directory (%t), private as systemd wants it.
+    let runtime = tempfile::tempdir().unwrap();
+    let verify = Command::new("systemd-analyze")
+        .args(["verify", "--user", "--man=no"])
+        .arg(dir.path().join("mcplexer-proxy.socket"))
+        .arg(dir.path().join("mcplexer-proxy.service"))
+        .env("XDG_RUNTIME_DIR", runtime.path())
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success() && verify.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
 }

@@ -1,4 +1,4 @@
-//! What systemd hands the daemon through its environment: the listening
+//! What systemd hands a service through its environment: the listening
 //! socket (`LISTEN_FDS`, `LISTEN_PID`, `LISTEN_FDNAMES`), the notification
 //! socket (`NOTIFY_SOCKET`) and the credentials directory
 //! (`CREDENTIALS_DIRECTORY`). [`take`] reads them once and removes them
@@ -54,10 +54,15 @@ pub unsafe fn take() -> ServiceEnv {
                 // (LISTEN_PID checked); nothing else in it owns them yet.
                 let owned = unsafe { OwnedFd::from_raw_fd(fd) };
                 // Not inherited by anything this process may start.
-                let _ = nix::fcntl::fcntl(
-                    &owned,
-                    nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-                );
+                // SAFETY: F_SETFD on a descriptor this process owns; no
+                // memory is passed.
+                unsafe {
+                    libc::fcntl(
+                        std::os::fd::AsRawFd::as_raw_fd(&owned),
+                        libc::F_SETFD,
+                        libc::FD_CLOEXEC,
+                    )
+                };
                 owned
             })
             .collect()
@@ -87,27 +92,25 @@ pub struct Notifier {
 
 impl Notifier {
     /// Sends `state` (`READY=1`, `STOPPING=1`) to systemd, if it asked for
-    /// notifications. Failures are logged: the service manager then says
-    /// what it misses.
-    pub fn notify(&self, state: &str) {
+    /// notifications.
+    pub fn notify(&self, state: &str) -> std::io::Result<()> {
         use std::os::unix::net::UnixDatagram;
         let Some(path) = &self.socket else {
-            return;
+            return Ok(());
         };
-        let sent = UnixDatagram::unbound().and_then(|sock| {
-            let bytes = path.as_encoded_bytes();
-            match bytes.strip_prefix(b"@") {
-                // An abstract socket: its name after the '@'.
-                Some(name) => {
-                    use std::os::linux::net::SocketAddrExt;
-                    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
-                    sock.send_to_addr(state.as_bytes(), &addr)
+        UnixDatagram::unbound()
+            .and_then(|sock| {
+                let bytes = path.as_encoded_bytes();
+                match bytes.strip_prefix(b"@") {
+                    // An abstract socket: its name after the '@'.
+                    Some(name) => {
+                        use std::os::linux::net::SocketAddrExt;
+                        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+                        sock.send_to_addr(state.as_bytes(), &addr)
+                    }
+                    None => sock.send_to(state.as_bytes(), path),
                 }
-                None => sock.send_to(state.as_bytes(), path),
-            }
-        });
-        if let Err(err) = sent {
-            tracing::warn!(error = %err, state, "cannot notify the service manager");
-        }
+            })
+            .map(|_| ())
     }
 }
