@@ -11,8 +11,18 @@ use clap::Parser;
 pub struct Cli {
     /// User mode: paths under $XDG_RUNTIME_DIR and $XDG_STATE_HOME, and the
     /// daemon's own uid is an admin. Implied when not started as root.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "system")]
     pub user: bool,
+    /// System mode (the packaged service): system paths, admins are root
+    /// and the admin group. Implied when started as root; needed when the
+    /// service is started as its own user.
+    #[arg(long)]
+    pub system: bool,
+    /// In system mode, started as root: drop to this user (NAME, UID or
+    /// UID:GID) and every capability before touching any file. Without it
+    /// the vault refuses to run as root in system mode.
+    #[arg(long, value_name = "USER")]
+    pub run_as: Option<String>,
     /// The Unix socket to listen on [system: /run/mcplexer/vault.sock;
     /// user: $XDG_RUNTIME_DIR/mcplexer/vault.sock, or vault.sock in the
     /// user state directory when there is no XDG_RUNTIME_DIR].

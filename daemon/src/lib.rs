@@ -84,7 +84,7 @@ fn group(spec: Option<&str>, default: Option<&str>, flag: &str) -> Result<Option
 }
 
 fn settings(cli: &Cli) -> Result<Settings, StartError> {
-    let user_mode = cli.user || sys::current_uid() != 0;
+    let user_mode = cli.user || (!cli.system && sys::current_uid() != 0);
     let (socket, state_dir, config_dir) = if user_mode {
         let socket = match (&cli.socket, mcplexer_proto::user_socket()) {
             (Some(s), _) => s.clone(),
@@ -250,6 +250,42 @@ pub async fn run(
     sys::harden_process()
         .map_err(|e| StartError(format!("cannot make the process non-dumpable: {e}")))?;
     let settings = settings(&cli)?;
+    match (&cli.run_as, settings.user_mode, sys::current_uid()) {
+        (Some(_), true, _) => {
+            return Err(StartError(
+                "--run-as applies to system mode only (a user-mode vault runs as its user)".into(),
+            ));
+        }
+        (Some(_), false, uid) if uid != 0 => {
+            return Err(StartError(format!(
+                "--run-as needs the vault started as root (it runs as uid {uid})"
+            )));
+        }
+        (Some(spec), false, _) => {
+            let to = sys::resolve_run_as(spec).ok_or_else(|| {
+                StartError(format!("--run-as {spec:?} is not a user on this host"))
+            })?;
+            if to.uid == 0 {
+                return Err(StartError(
+                    "--run-as must name a user other than root".into(),
+                ));
+            }
+            sys::drop_privileges(to).map_err(|e| {
+                StartError(format!("cannot drop to uid {} gid {}: {e}", to.uid, to.gid))
+            })?;
+            tracing::info!(
+                uid = to.uid,
+                gid = to.gid,
+                "dropped root: no groups, no capabilities"
+            );
+        }
+        (None, false, 0) => {
+            return Err(StartError(
+                "refusing to run as root in system mode: the vault holds every secret and runs as its own user.\n  fix: start it as that user (the packaged unit does: User=mcplexer), or pass --run-as mcplexer to drop to it".into(),
+            ));
+        }
+        _ => {}
+    }
     let uid = sys::current_uid();
     prepare_state_dir(&settings.state_dir, uid)?;
     if let Some(path) = &cli.identity {

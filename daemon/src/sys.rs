@@ -57,6 +57,89 @@ pub fn harden_process() -> io::Result<()> {
     Ok(())
 }
 
+/// Who the daemon drops to (`--run-as`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RunAs {
+    /// The uid.
+    pub uid: u32,
+    /// The gid.
+    pub gid: u32,
+}
+
+/// Resolves `--run-as`: `NAME` or `UID` (the primary group from the user
+/// database; a uid without an entry gets the gid of the same number), or
+/// `UID:GID`.
+pub fn resolve_run_as(spec: &str) -> Option<RunAs> {
+    if let Some((uid, gid)) = spec.split_once(':') {
+        return Some(RunAs {
+            uid: resolve_user(uid)?,
+            gid: resolve_group(gid)?,
+        });
+    }
+    let uid = resolve_user(spec)?;
+    let gid = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map_or(uid, |u| u.gid.as_raw());
+    Some(RunAs { uid, gid })
+}
+
+/// Drops from root to `to`: the capability bounding set (while root may),
+/// the supplementary groups, then gid and uid (real, effective, saved),
+/// every remaining capability set, and sets no_new_privs; then checks that
+/// the kernel agrees on each, since a half-dropped daemon must not run.
+pub fn drop_privileges(to: RunAs) -> io::Result<()> {
+    use caps::CapSet;
+    let err = |what: &str, e: &dyn std::fmt::Display| io::Error::other(format!("{what}: {e}"));
+    caps::clear(None, CapSet::Bounding).map_err(|e| err("clearing the bounding set", &e))?;
+    nix::unistd::setgroups(&[]).map_err(|e| err("setgroups", &e))?;
+    let gid = nix::unistd::Gid::from_raw(to.gid);
+    let uid = nix::unistd::Uid::from_raw(to.uid);
+    nix::unistd::setresgid(gid, gid, gid).map_err(|e| err("setresgid", &e))?;
+    nix::unistd::setresuid(uid, uid, uid).map_err(|e| err("setresuid", &e))?;
+    for set in [
+        CapSet::Ambient,
+        CapSet::Inheritable,
+        CapSet::Effective,
+        CapSet::Permitted,
+    ] {
+        caps::clear(None, set).map_err(|e| err("clearing the capabilities", &e))?;
+    }
+    nix::sys::prctl::set_no_new_privs().map_err(|e| err("no_new_privs", &e))?;
+    // setuid re-evaluates dumpability: make sure.
+    nix::sys::prctl::set_dumpable(false).map_err(|e| err("set_dumpable", &e))?;
+
+    let ids = nix::unistd::getresuid().map_err(|e| err("getresuid", &e))?;
+    let gids = nix::unistd::getresgid().map_err(|e| err("getresgid", &e))?;
+    let groups = nix::unistd::getgroups().map_err(|e| err("getgroups", &e))?;
+    let same_uid = [ids.real, ids.effective, ids.saved]
+        .iter()
+        .all(|u| *u == uid);
+    let same_gid = [gids.real, gids.effective, gids.saved]
+        .iter()
+        .all(|g| *g == gid);
+    let no_groups = groups.iter().all(|g| *g == gid);
+    let mut left = Vec::new();
+    for set in [
+        CapSet::Ambient,
+        CapSet::Bounding,
+        CapSet::Effective,
+        CapSet::Inheritable,
+        CapSet::Permitted,
+    ] {
+        let held = caps::read(None, set).map_err(|e| err("reading the capabilities", &e))?;
+        if !held.is_empty() {
+            left.push(format!("{set:?}: {held:?}"));
+        }
+    }
+    if !same_uid || !same_gid || !no_groups || !left.is_empty() {
+        return Err(io::Error::other(format!(
+            "the privileges were not all dropped (uids {ids:?}, gids {gids:?}, groups {groups:?}, capabilities {left:?})"
+        )));
+    }
+    Ok(())
+}
+
 /// Sets the process umask so every file the daemon creates is private.
 pub fn private_umask() {
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));

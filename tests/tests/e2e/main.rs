@@ -6,6 +6,7 @@
 mod activation;
 mod bad_input;
 mod crash;
+mod hardening;
 mod oauth_flows;
 mod oauth_peer;
 mod oauth_providers;

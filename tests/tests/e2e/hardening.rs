@@ -1,0 +1,157 @@
+//! The vault's own runtime hardening, outside systemd.
+//!
+//! Proves: in system mode the vault refuses to run as root unless told to
+//! drop to a user; with `--run-as` it drops to that uid and gid, keeps no
+//! supplementary group and no capability in any set (/proc/PID/status),
+//! sets no_new_privs, and still serves; it is non-dumpable, so even its
+//! own uid cannot read its /proc/PID/environ; and SIGABRT kills it without
+//! a core dump.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixDatagram;
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use mcplexer_tests::bin;
+
+/// The uid and gid the vault drops to (no passwd entry needed).
+const SERVICE: u32 = 47010;
+
+fn chown(path: &Path, id: u32) {
+    nix::unistd::chown(
+        path,
+        Some(nix::unistd::Uid::from_raw(id)),
+        Some(nix::unistd::Gid::from_raw(id)),
+    )
+    .unwrap();
+}
+
+fn status_field(pid: u32, name: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}:")))
+        .unwrap_or_else(|| panic!("no {name} in\n{status}"))
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[test]
+fn root_in_system_mode_is_refused_without_run_as() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(bin("mcplexer-vaultd"))
+        .args(["--system", "--client-group", "0", "--admin-group", "0"])
+        .arg("--socket")
+        .arg(dir.path().join("vault.sock"))
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .env_remove("NOTIFY_SOCKET")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("refusing to run as root in system mode") && err.contains("--run-as"),
+        "{err}"
+    );
+    assert!(
+        !dir.path().join("state").exists(),
+        "it touched the state dir"
+    );
+}
+
+#[test]
+fn run_as_drops_every_privilege_and_the_vault_stays_undumpable() {
+    let dir = tempfile::tempdir().unwrap();
+    // Reachable by the service user: the state, the socket's directory and
+    // the notification socket.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (state, run) = (dir.path().join("state"), dir.path().join("run"));
+    for d in [&state, &run] {
+        std::fs::create_dir(d).unwrap();
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700)).unwrap();
+        chown(d, SERVICE);
+    }
+    let notify = dir.path().join("notify");
+    let ready = UnixDatagram::bind(&notify).unwrap();
+    std::fs::set_permissions(&notify, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let socket = run.join("vault.sock");
+    let mut vault = Command::new(bin("mcplexer-vaultd"))
+        .args(["--system", "--run-as", &format!("{SERVICE}:{SERVICE}")])
+        .args(["--client-group", &SERVICE.to_string()])
+        .args(["--admin-group", "0"])
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--state-dir")
+        .arg(&state)
+        .env("NOTIFY_SOCKET", &notify)
+        .current_dir(&state)
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let n = ready.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"READY=1");
+    let pid = vault.id();
+
+    let id = SERVICE.to_string();
+    assert_eq!(status_field(pid, "Uid"), [id.as_str(); 4].join(" "));
+    assert_eq!(status_field(pid, "Gid"), [id.as_str(); 4].join(" "));
+    assert_eq!(status_field(pid, "Groups"), "");
+    for set in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        assert_eq!(status_field(pid, set), "0000000000000000", "{set}");
+    }
+    assert_eq!(status_field(pid, "NoNewPrivs"), "1");
+
+    // It serves (root is an admin in system mode).
+    let status = Command::new(bin("mcplexerctl"))
+        .arg("--socket")
+        .arg(&socket)
+        .args(["--json", "status"])
+        .output()
+        .unwrap();
+    assert!(status.status.success(), "{status:?}");
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["mode"], "system");
+
+    // Non-dumpable: not even its own uid may read its environment or memory.
+    for file in ["environ", "mem"] {
+        let read = Command::new("setpriv")
+            .args([
+                &format!("--reuid={SERVICE}"),
+                &format!("--regid={SERVICE}"),
+                "--clear-groups",
+                "head",
+                "-c1",
+            ])
+            .arg(format!("/proc/{pid}/{file}"))
+            .output()
+            .unwrap();
+        assert!(!read.status.success(), "{file} was readable");
+        assert!(
+            String::from_utf8_lossy(&read.stderr).contains("Permission denied"),
+            "{file}: {read:?}"
+        );
+    }
+
+    // SIGABRT: killed by the signal, no core.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGABRT,
+    )
+    .unwrap();
+    let ended = vault.wait().unwrap();
+    assert_eq!(ended.signal(), Some(libc::SIGABRT), "{ended:?}");
+    assert!(!ended.core_dumped(), "a core was dumped");
+    let cores: Vec<_> = std::fs::read_dir(&state)
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with("core"))
+        .collect();
+    assert!(cores.is_empty(), "{cores:?}");
+}
