@@ -444,16 +444,22 @@ impl Tokens {
         let Some((tokens, stored_meta)) = stored else {
             return Err(unauthorized(scope_id));
         };
+        // The row may be newer than `meta` (a refresh committed since it
+        // was read): label the token with the row's own version, and never
+        // let it replace a newer cached one.
         let access = Arc::new(Access {
-            version: meta.version,
+            version: stored_meta.version,
             token: tokens.access_token,
             expires_at_ms: stored_meta.expires_at_ms,
         });
-        self.cache
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(scope_id.to_owned(), access.clone());
-        Ok(access)
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        match cache.get(scope_id) {
+            Some(newer) if newer.version > access.version => Ok(newer.clone()),
+            _ => {
+                cache.insert(scope_id.to_owned(), access.clone());
+                Ok(access)
+            }
+        }
     }
 
     /// One refresh: the provider's answer committed, then cached.
