@@ -116,30 +116,43 @@ fn sockets_passed_to_another_process_are_ignored() {
     vault.wait().unwrap();
 }
 
-#[test]
-fn the_units_verify_and_the_vault_scores_at_most_1_5() {
-    let units = units_dir();
+/// Runs `systemd-analyze verify` (`--user` for user units) on the socket
+/// and service units `<name>.socket` and `<name>.service` from `units`,
+/// with ExecStart pointed at the built `program` (verify wants it to
+/// exist); asserts success with nothing on stderr.
+fn verify_units(units: &Path, name: &str, program: &str, user: bool) {
     let dir = tempfile::tempdir().unwrap();
-    for name in ["mcplexer-vaultd.service", "mcplexer-vaultd.socket"] {
-        let text = std::fs::read_to_string(units.join(name)).unwrap();
-        // verify wants ExecStart's program to exist: the built one.
-        let text = text.replace(
-            "ExecStart=/usr/bin/mcplexer-vaultd",
-            &format!("ExecStart={}", bin("mcplexer-vaultd").display()),
-        );
-        std::fs::write(dir.path().join(name), text).unwrap();
+    let copies: Vec<PathBuf> = ["socket", "service"]
+        .iter()
+        .map(|kind| {
+            let file = format!("{name}.{kind}");
+            let text = std::fs::read_to_string(units.join(&file)).unwrap().replace(
+                &format!("ExecStart=/usr/bin/{program}"),
+                &format!("ExecStart={}", bin(program).display()),
+            );
+            std::fs::write(dir.path().join(&file), text).unwrap();
+            dir.path().join(file)
+        })
+        .collect();
+    // A user manager's runtime directory (%t), private as systemd wants it.
+    let runtime = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new("systemd-analyze");
+    cmd.args(["verify", "--man=no"]).args(&copies);
+    if user {
+        cmd.arg("--user").env("XDG_RUNTIME_DIR", runtime.path());
     }
-    let verify = Command::new("systemd-analyze")
-        .args(["verify", "--man=no"])
-        .arg(dir.path().join("mcplexer-vaultd.socket"))
-        .arg(dir.path().join("mcplexer-vaultd.service"))
-        .output()
-        .unwrap();
+    let verify = cmd.output().unwrap();
     assert!(
         verify.status.success() && verify.stderr.is_empty(),
         "{}",
         String::from_utf8_lossy(&verify.stderr)
     );
+}
+
+#[test]
+fn the_units_verify_and_the_vault_scores_at_most_1_5() {
+    let units = units_dir();
+    verify_units(&units, "mcplexer-vaultd", "mcplexer-vaultd", false);
 
     let security = Command::new("systemd-analyze")
         .args(["security", "--offline=true", "--threshold=15"])
@@ -277,27 +290,10 @@ fn the_proxy_serves_on_the_socket_systemd_passes() {
 
 #[test]
 fn the_proxy_user_units_verify() {
-    let units = units_dir().join("user");
-    let dir = tempfile::tempdir().unwrap();
-    for name in ["mcplexer-proxy.service", "mcplexer-proxy.socket"] {
-        let text = std::fs::read_to_string(units.join(name)).unwrap().replace(
-            "ExecStart=/usr/bin/mcplexer-proxy",
-            &format!("ExecStart={}", bin("mcplexer-proxy").display()),
-        );
-        std::fs::write(dir.path().join(name), text).unwrap();
-    }
-    // A user manager's runtime directory (%t), private as systemd wants it.
-    let runtime = tempfile::tempdir().unwrap();
-    let verify = Command::new("systemd-analyze")
-        .args(["verify", "--user", "--man=no"])
-        .arg(dir.path().join("mcplexer-proxy.socket"))
-        .arg(dir.path().join("mcplexer-proxy.service"))
-        .env("XDG_RUNTIME_DIR", runtime.path())
-        .output()
-        .unwrap();
-    assert!(
-        verify.status.success() && verify.stderr.is_empty(),
-        "{}",
-        String::from_utf8_lossy(&verify.stderr)
+    verify_units(
+        &units_dir().join("user"),
+        "mcplexer-proxy",
+        "mcplexer-proxy",
+        true,
     );
 }
