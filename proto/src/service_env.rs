@@ -12,6 +12,9 @@ use std::path::PathBuf;
 /// The first file descriptor systemd passes (`SD_LISTEN_FDS_START`).
 const LISTEN_FDS_START: RawFd = 3;
 
+/// The most sockets taken; systemd passes one per ListenStream= line.
+const MAX_FDS: RawFd = 64;
+
 /// The variables this module takes.
 const TAKEN: &[&str] = &[
     "LISTEN_PID",
@@ -47,7 +50,11 @@ pub unsafe fn take() -> ServiceEnv {
         .and_then(|n| n.to_str()?.parse::<RawFd>().ok())
         .unwrap_or(0);
     let listen_fds = if ours && count > 0 {
-        (LISTEN_FDS_START..LISTEN_FDS_START.saturating_add(count))
+        (LISTEN_FDS_START..LISTEN_FDS_START.saturating_add(count.min(MAX_FDS)))
+            // Only descriptors that are open: a wrong LISTEN_FDS must not
+            // make this process own (and later close) numbers it never had.
+            // SAFETY: F_GETFD only queries the descriptor table.
+            .filter(|fd| unsafe { libc::fcntl(*fd, libc::F_GETFD) } != -1)
             .map(|fd| {
                 // SAFETY: systemd passed descriptors LISTEN_FDS_START ..
                 // LISTEN_FDS_START + LISTEN_FDS to this very process
