@@ -373,6 +373,14 @@ pub async fn run(
     if let Err(err) = journal.flush().await {
         tracing::error!(error = %err, "cannot ingest the audit journal at shutdown");
     }
+    // After the last write: the database file alone is then complete.
+    match store::checkpoint(&settings.state_dir.join("vault.db")) {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::warn!("the write-ahead log is still in use; it stays next to the database")
+        }
+        Err(err) => tracing::error!(error = %err, "cannot checkpoint the database at shutdown"),
+    }
     served.map_err(StartError)
 }
 

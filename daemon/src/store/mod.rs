@@ -35,6 +35,22 @@ pub use ctx::WriteCtx;
 pub(crate) use ctx::{read_provider_secret, read_scope_ciphertext, read_token_metas, read_tokens};
 pub use journal::AuditJournal;
 
+/// Moves every committed page from the write-ahead log into the database
+/// file and empties the log (`wal_checkpoint(TRUNCATE)`), on a connection
+/// of its own: after a clean stop the database file alone holds
+/// everything, so a copy of it (with the identity) is a whole backup.
+/// Returns whether the log was emptied (not when another process still
+/// reads it).
+pub fn checkpoint(path: &Path) -> Result<bool> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    let (busy, _log, _moved): (i64, i64, i64) =
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?;
+    Ok(busy == 0)
+}
+
 /// How many queued jobs one transaction takes at most.
 const MAX_BATCH: usize = 512;
 

@@ -176,6 +176,21 @@ pub fn load_or_generate(
     if path.exists() {
         return Ok((read_identity(&path)?, IdentityOrigin::StateDir(path)));
     }
+    if state_dir.join("vault.db").exists() {
+        // A database without its identity: a new identity could not read
+        // it, and writing one would only hide what is missing.
+        return Err(VaultError::FailedPrecondition {
+            message: format!(
+                "{} exists but its identity {} does not: the stored secrets can only be decrypted with the identity they were encrypted to",
+                state_dir.join("vault.db").display(),
+                path.display()
+            ),
+            fix: Some(format!(
+                "restore the identity from your backup to {}, or give it with --identity FILE",
+                path.display()
+            )),
+        });
+    }
     let keyring = Keyring::generate();
     write_identity_file(&keyring, &path)?;
     tracing::info!(path = %path.display(), recipient = %keyring.recipient(), "generated a new vault identity");

@@ -4,6 +4,7 @@
 #![allow(missing_docs)]
 
 mod activation;
+mod backup;
 mod bad_input;
 mod crash;
 mod hardening;
