@@ -15,6 +15,7 @@ pub mod cli;
 pub mod downstream;
 pub mod gateway;
 pub mod http;
+pub mod peer;
 pub mod redact;
 pub mod restart;
 pub mod router;

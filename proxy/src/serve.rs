@@ -7,7 +7,10 @@
 //! notifications (list changes); DELETE ends the session. Sessions are
 //! named by a random `Mcp-Session-Id`.
 //!
-//! Trust: every request is checked before it is read: a present `Origin`
+//! Trust: only the proxy's own uid may connect (the kernel's peer
+//! credentials on a Unix socket; the owner of the client's socket in
+//! /proc/net/tcp on loopback TCP). Every request is checked before it is
+//! read: a present `Origin`
 //! must be a loopback origin (403 otherwise, against DNS rebinding from a
 //! browser), on TCP the `Host` must be loopback too (421), and the session
 //! id must be one this process issued. The session id is a handle, not an
@@ -353,6 +356,73 @@ async fn end_session(State(served): State<Arc<Served>>, headers: HeaderMap) -> R
     StatusCode::OK.into_response()
 }
 
+/// The proxy's uid.
+fn own_uid() -> u32 {
+    // SAFETY: getuid(2) takes no arguments and cannot fail.
+    unsafe { libc::getuid() }
+}
+
+/// A listener that accepts only connections from the proxy's own uid: every
+/// call it serves is made with that uid's credentials, and the session id
+/// is a handle, not an authentication. Other connections are closed at
+/// once (and logged).
+struct OwnUidOnly<L>(L);
+
+impl<L> OwnUidOnly<L> {
+    fn refuse(uid: Option<u32>, from: &str) {
+        match uid {
+            Some(uid) => tracing::warn!(uid, from, "refused a connection from another user"),
+            None => tracing::warn!(from, "refused a connection whose owner is unknown"),
+        }
+    }
+}
+
+impl axum::serve::Listener for OwnUidOnly<tokio::net::TcpListener> {
+    type Io = tokio::net::TcpStream;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let me = own_uid();
+        loop {
+            let (io, addr) = axum::serve::Listener::accept(&mut self.0).await;
+            let owner = io
+                .local_addr()
+                .and_then(|local| crate::peer::tcp_peer_uid(local, addr))
+                .ok()
+                .flatten();
+            if owner == Some(me) {
+                return (io, addr);
+            }
+            Self::refuse(owner, &addr.to_string());
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.0.local_addr()
+    }
+}
+
+impl axum::serve::Listener for OwnUidOnly<tokio::net::UnixListener> {
+    type Io = tokio::net::UnixStream;
+    type Addr = tokio::net::unix::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let me = own_uid();
+        loop {
+            let (io, addr) = axum::serve::Listener::accept(&mut self.0).await;
+            let owner = io.peer_cred().ok().map(|c| c.uid());
+            if owner == Some(me) {
+                return (io, addr);
+            }
+            Self::refuse(owner, "unix socket");
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.0.local_addr()
+    }
+}
+
 /// A listening socket to serve on.
 enum Bound {
     Tcp(tokio::net::TcpListener),
@@ -442,7 +512,7 @@ pub async fn run(
     match bound {
         Bound::Tcp(listener) => {
             println!("http://{}/mcp", listener.local_addr()?);
-            axum::serve(listener, app)
+            axum::serve(OwnUidOnly(listener), app)
                 .with_graceful_shutdown(shutdown)
                 .await?;
         }
@@ -453,7 +523,7 @@ pub async fn run(
                 .map(std::path::Path::to_path_buf)
                 .unwrap_or_default();
             println!("unix:{}", path.display());
-            axum::serve(listener, app)
+            axum::serve(OwnUidOnly(listener), app)
                 .with_graceful_shutdown(shutdown)
                 .await?;
             if let Some(made) = made {

@@ -7,7 +7,8 @@
 //! `Host` too (421); a request without a session id gets 400, an unknown one
 //! 404; DELETE ends the session; a client that declares roots is asked for
 //! them (on its request's event stream) and its first root picks the
-//! workspace, while one without roots gets the `--cwd` workspace; a call's
+//! workspace, while one without roots gets the `--cwd` workspace; a
+//! connection from another uid is closed unanswered; a call's
 //! progress comes on its own event stream before its result (and a client
 //! that accepts only JSON gets a JSON answer).
 
@@ -291,4 +292,51 @@ fn progress_comes_on_the_calls_own_stream_before_its_result() {
     assert!(head.contains("content-type: application/json"), "{head}");
     let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(answer["id"], 3, "{answer:#}");
+}
+
+#[test]
+fn another_user_cannot_use_the_proxy() {
+    let vault = start();
+    let served = Served::start(&vault.socket);
+    let authority = served
+        .url
+        .trim_start_matches("http://")
+        .trim_end_matches("/mcp")
+        .to_owned();
+    let (host, port) = authority.rsplit_once(':').unwrap();
+    // A raw initialize from uid 47001 (bash's /dev/tcp): the connection is
+    // closed unanswered (possibly before the request is written: SIGPIPE is
+    // ignored, the write fails, nothing is read).
+    let request = format!(
+        "POST /mcp HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: {}\r\n\r\n{INIT}",
+        INIT.len()
+    );
+    let script = format!(
+        "trap '' PIPE; exec 3<>/dev/tcp/{host}/{port} && printf '%s' \"$REQUEST\" >&3 && answer=$(timeout 10 cat <&3) ; [ -z \"$answer\" ] && echo closed || echo answered"
+    );
+    let out = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=47001",
+            "--regid=47001",
+            "--clear-groups",
+            "/bin/bash",
+            "-c",
+            &script,
+        ])
+        .env("REQUEST", request)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "closed",
+        "{out:?}"
+    );
+    // The proxy's own uid is still served.
+    let json_headers = [
+        ("Content-Type", "application/json"),
+        ("Accept", "application/json, text/event-stream"),
+    ];
+    let (status, _) = served.raw("POST", &json_headers, INIT);
+    assert!(status.contains(" 200 "), "{status}");
 }
