@@ -183,58 +183,15 @@ impl Vault {
 
     /// Spawns the daemon and waits for READY=1; on failure returns its log.
     pub fn spawn(&mut self) -> Result<(), String> {
-        let notify_path = self.root.path().join("notify.sock");
-        let _ = std::fs::remove_file(&notify_path);
-        let notify = UnixDatagram::bind(&notify_path).expect("bind notify socket");
-        notify
-            .set_read_timeout(Some(Duration::from_millis(200)))
-            .expect("timeout");
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.log_path())
             .expect("log file");
-        let mut child = self
-            .command()
-            .env("NOTIFY_SOCKET", &notify_path)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn mcplexer-vaultd");
-        let deadline = std::time::Instant::now() + READY_TIMEOUT;
-        let mut buf = [0u8; 4096];
-        loop {
-            if let Some(status) = child.try_wait().expect("try_wait") {
-                return Err(format!(
-                    "mcplexer-vaultd exited ({status}) before it was ready:\n{}",
-                    self.log()
-                ));
-            }
-            match notify.recv(&mut buf) {
-                Ok(n)
-                    if String::from_utf8_lossy(&buf[..n])
-                        .lines()
-                        .any(|l| l == "READY=1") =>
-                {
-                    break;
-                }
-                Ok(_) => {}
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
-                Err(e) => panic!("notify socket: {e}"),
-            }
-            if std::time::Instant::now() > deadline {
-                let _ = child.kill();
-                return Err(format!(
-                    "mcplexer-vaultd was not ready within {READY_TIMEOUT:?}:\n{}",
-                    self.log()
-                ));
-            }
-        }
+        let mut cmd = self.command();
+        cmd.stdout(log.try_clone().expect("log")).stderr(log);
+        let notify = self.root.path().join("notify.sock");
+        let child = spawn_ready(cmd, &notify).map_err(|why| format!("{why}:\n{}", self.log()))?;
         self.child = Some(child);
         Ok(())
     }
@@ -389,6 +346,59 @@ pub fn base64(bytes: &[u8], url_safe: bool) -> Vec<u8> {
             [18, 12, 6, 0].map(|s| table[((n >> s) & 63) as usize])
         })
         .collect()
+}
+
+/// Spawns `cmd` (a `mcplexer-vaultd`) with `NOTIFY_SOCKET` at `notify`
+/// (made here; its directory must be reachable by the daemon's uid) and
+/// waits, at most [`READY_TIMEOUT`], for READY=1. Fails, killing it, if it
+/// exits or stays silent first.
+pub fn spawn_ready(mut cmd: Command, notify: &Path) -> Result<Child, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::remove_file(notify);
+    let socket = UnixDatagram::bind(notify).expect("bind notify socket");
+    // A daemon that dropped privileges must still reach it.
+    std::fs::set_permissions(notify, std::fs::Permissions::from_mode(0o777))
+        .expect("chmod notify socket");
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let mut child = cmd
+        .env("NOTIFY_SOCKET", notify)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("spawn mcplexer-vaultd");
+    let deadline = std::time::Instant::now() + READY_TIMEOUT;
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return Err(format!(
+                "mcplexer-vaultd exited ({status}) before it was ready"
+            ));
+        }
+        match socket.recv(&mut buf) {
+            Ok(n)
+                if String::from_utf8_lossy(&buf[..n])
+                    .lines()
+                    .any(|l| l == "READY=1") =>
+            {
+                return Ok(child);
+            }
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => panic!("notify socket: {e}"),
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!(
+                "mcplexer-vaultd was not ready within {READY_TIMEOUT:?}"
+            ));
+        }
+    }
 }
 
 /// Whether `needle` occurs in `haystack`.

@@ -17,11 +17,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader};
-use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use mcplexer_tests::bin;
+use mcplexer_tests::{bin, spawn_ready};
 
 fn units_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -94,22 +93,14 @@ fn the_vault_serves_on_the_socket_systemd_passes() {
 fn sockets_passed_to_another_process_are_ignored() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("own.sock");
-    let notify = dir.path().join("notify");
-    let ready = UnixDatagram::bind(&notify).unwrap();
-    let mut vault = Command::new(bin("mcplexer-vaultd"))
-        .args(["--user", "--state-dir"])
+    let mut cmd = Command::new(bin("mcplexer-vaultd"));
+    cmd.args(["--user", "--state-dir"])
         .arg(dir.path().join("state"))
         .arg("--socket")
         .arg(&socket)
         .env("LISTEN_PID", "1")
-        .env("LISTEN_FDS", "1")
-        .env("NOTIFY_SOCKET", &notify)
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut buf = [0u8; 64];
-    let n = ready.recv(&mut buf).unwrap();
-    assert_eq!(&buf[..n], b"READY=1");
+        .env("LISTEN_FDS", "1");
+    let mut vault = spawn_ready(cmd, &dir.path().join("notify")).unwrap();
     let status = ctl(&socket, &["status"]);
     assert!(status.status.success(), "{status:?}");
     vault.kill().unwrap();

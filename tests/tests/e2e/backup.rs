@@ -9,11 +9,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-use mcplexer_tests::bin;
+use mcplexer_tests::{bin, spawn_ready};
 
 /// Starts a user-mode vault on `state` and `socket`; returns once ready.
 fn start(dir: &Path, state: &Path, socket: &Path) -> Child {
@@ -21,20 +20,12 @@ fn start(dir: &Path, state: &Path, socket: &Path) -> Child {
         "notify-{}",
         socket.file_name().unwrap().to_string_lossy()
     ));
-    let ready = UnixDatagram::bind(&notify).unwrap();
-    let child = Command::new(bin("mcplexer-vaultd"))
-        .args(["--user", "--state-dir"])
+    let mut cmd = Command::new(bin("mcplexer-vaultd"));
+    cmd.args(["--user", "--state-dir"])
         .arg(state)
         .arg("--socket")
-        .arg(socket)
-        .env("NOTIFY_SOCKET", &notify)
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut buf = [0u8; 64];
-    let n = ready.recv(&mut buf).unwrap();
-    assert_eq!(&buf[..n], b"READY=1");
-    child
+        .arg(socket);
+    spawn_ready(cmd, &notify).unwrap()
 }
 
 fn stop(mut vault: Child) {

@@ -10,12 +10,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::UnixDatagram;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-use mcplexer_tests::bin;
+use mcplexer_tests::{bin, spawn_ready};
 
 /// The uid and gid the vault drops to (no passwd entry needed).
 const SERVICE: u32 = 47010;
@@ -76,27 +75,17 @@ fn run_as_drops_every_privilege_and_the_vault_stays_undumpable() {
         std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700)).unwrap();
         chown(d, SERVICE);
     }
-    let notify = dir.path().join("notify");
-    let ready = UnixDatagram::bind(&notify).unwrap();
-    std::fs::set_permissions(&notify, std::fs::Permissions::from_mode(0o777)).unwrap();
     let socket = run.join("vault.sock");
-    let mut vault = Command::new(bin("mcplexer-vaultd"))
-        .args(["--system", "--run-as", &format!("{SERVICE}:{SERVICE}")])
+    let mut cmd = Command::new(bin("mcplexer-vaultd"));
+    cmd.args(["--system", "--run-as", &format!("{SERVICE}:{SERVICE}")])
         .args(["--client-group", &SERVICE.to_string()])
         .args(["--admin-group", "0"])
         .arg("--socket")
         .arg(&socket)
         .arg("--state-dir")
         .arg(&state)
-        .env("NOTIFY_SOCKET", &notify)
-        .current_dir(&state)
-        .stdin(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut buf = [0u8; 64];
-    let n = ready.recv(&mut buf).unwrap();
-    assert_eq!(&buf[..n], b"READY=1");
+        .current_dir(&state);
+    let mut vault = spawn_ready(cmd, &dir.path().join("notify")).unwrap();
     let pid = vault.id();
 
     let id = SERVICE.to_string();
