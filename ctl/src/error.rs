@@ -13,7 +13,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use mcplexer_proto::{ConnectError, ERROR_CODE_KEY, ERROR_FIX_KEY, SOCKET_ENV};
+use mcplexer_proto::{ConnectError, SOCKET_ENV};
 use tonic::{Code, Status};
 
 /// The exit status of `mcplexerctl`.
@@ -167,7 +167,8 @@ impl Failure {
                     status.message()
                 };
                 let _ = writeln!(out, "error: {message}");
-                if let Some(fix) = metadata(status, ERROR_FIX_KEY) {
+                let fix = mcplexer_proto::error_fix(status);
+                if !fix.is_empty() {
                     let _ = writeln!(out, "fix: {fix}");
                 }
                 let code = stable_code(status);
@@ -226,15 +227,7 @@ impl From<anyhow::Error> for Failure {
 
 /// The vault's stable error code, if it sent one.
 fn stable_code(status: &Status) -> Option<&str> {
-    metadata(status, ERROR_CODE_KEY)
-}
-
-fn metadata<'a>(status: &'a Status, key: &str) -> Option<&'a str> {
-    status
-        .metadata()
-        .get(key)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty())
+    Some(mcplexer_proto::error_code(status)).filter(|c| !c.is_empty())
 }
 
 fn start_hint() -> String {
@@ -259,6 +252,7 @@ fn unreachable_hint(e: &ConnectError) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mcplexer_proto::{ERROR_CODE_KEY, ERROR_FIX_KEY};
     use tonic::metadata::MetadataValue;
 
     fn with_meta(status: Status, code: &'static str, fix: Option<&'static str>) -> Status {

@@ -31,6 +31,25 @@ pub const ERROR_CODE_KEY: &str = "mcplexer-error-code";
 /// Metadata key carrying the command that fixes an error, when there is one.
 pub const ERROR_FIX_KEY: &str = "mcplexer-error-fix";
 
+/// The vault's stable error code in `status` (empty when it sent none: the
+/// status then came from the transport).
+pub fn error_code(status: &tonic::Status) -> &str {
+    metadata(status, ERROR_CODE_KEY)
+}
+
+/// The command that fixes the error in `status` (empty when there is none).
+pub fn error_fix(status: &tonic::Status) -> &str {
+    metadata(status, ERROR_FIX_KEY)
+}
+
+fn metadata<'a>(status: &'a tonic::Status, key: &str) -> &'a str {
+    status
+        .metadata()
+        .get(key)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+}
+
 /// Environment variable naming the vault socket for clients.
 pub const SOCKET_ENV: &str = "MCPLEXER_VAULT_SOCKET";
 

@@ -166,12 +166,7 @@ impl VaultLink {
     }
 
     async fn map_status(&self, status: tonic::Status) -> VaultError {
-        let vault_code = status
-            .metadata()
-            .get(mcplexer_proto::ERROR_CODE_KEY)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
+        let vault_code = mcplexer_proto::error_code(&status).to_owned();
         // Every refusal of the vault carries its error code; a status
         // without one comes from the transport (the vault went away
         // mid-call, or is not there), except the size checks tonic makes.
@@ -189,12 +184,7 @@ impl VaultLink {
                 reason: status.message().to_owned(),
             };
         }
-        let fix = status
-            .metadata()
-            .get(mcplexer_proto::ERROR_FIX_KEY)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
+        let fix = mcplexer_proto::error_fix(&status).to_owned();
         VaultError::Refused {
             code: format!("{:?}", status.code()),
             vault_code,

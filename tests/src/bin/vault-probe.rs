@@ -246,19 +246,11 @@ fn credential_json(c: &mcplexer_proto::v1::Credential, pid: u32) -> Value {
 
 /// A refusal as a failed request prints it.
 fn refusal_json(status: &tonic::Status, pid: u32) -> Value {
-    let metadata = |key: &str| {
-        status
-            .metadata()
-            .get(key)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned()
-    };
     json!({
         "code": format!("{:?}", status.code()),
         "message": status.message(),
-        "vault_code": metadata(mcplexer_proto::ERROR_CODE_KEY),
-        "fix": metadata(mcplexer_proto::ERROR_FIX_KEY),
+        "vault_code": mcplexer_proto::error_code(status),
+        "fix": mcplexer_proto::error_fix(status),
         "pid": pid,
     })
 }
@@ -340,30 +332,7 @@ fn main() -> ExitCode {
             json!({"code": "Local", "message": message, "vault_code": "", "pid": pid}),
             1,
         ),
-        Err(Failure::Status(status)) => {
-            let vault_code = status
-                .metadata()
-                .get(mcplexer_proto::ERROR_CODE_KEY)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .to_owned();
-            let fix = status
-                .metadata()
-                .get(mcplexer_proto::ERROR_FIX_KEY)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .to_owned();
-            (
-                json!({
-                    "code": format!("{:?}", status.code()),
-                    "message": status.message(),
-                    "vault_code": vault_code,
-                    "fix": fix,
-                    "pid": pid,
-                }),
-                exit_for(status.code()),
-            )
-        }
+        Err(Failure::Status(status)) => (refusal_json(&status, pid), exit_for(status.code())),
     };
     println!("{out}");
     ExitCode::from(exit)
