@@ -102,6 +102,10 @@ pub enum Command {
     /// Manage the vault's age identity.
     #[command(subcommand)]
     Identity(IdentityCommand),
+    /// Unlock a sealed vault with its identity's passphrase (admins). The
+    /// passphrase is asked without echo, or read from stdin when it is not
+    /// a terminal; never from the command line.
+    Unlock,
 }
 
 /// `apply -f FILE [--dry-run]`.
@@ -532,8 +536,15 @@ pub struct AuditArgs {
 /// `identity ...`.
 #[derive(Debug, Subcommand)]
 pub enum IdentityCommand {
-    /// Generate a new age identity and re-encrypt everything to it.
+    /// Generate a new age identity and re-encrypt everything to it. When
+    /// the identity is sealed, asks for the passphrase to seal the new one
+    /// with (which may differ from the old one).
     Rotate,
+    /// Seal the vault's identity file with a passphrase (age scrypt): from
+    /// its next start the vault is sealed, releasing nothing until an
+    /// administrator runs `mcplexerctl unlock`. The passphrase is asked
+    /// twice without echo, or read from stdin.
+    Seal,
 }
 
 /// Parses `K=V` (split at the first `=`; `V` may be empty or contain `=`).

@@ -12,7 +12,10 @@
 use std::io::{self, IsTerminal, Read};
 
 use mcplexer_proto::MAX_MESSAGE_SIZE;
-use mcplexer_proto::v1::{SetProviderSecretRequest, SetSecretRequest, SetSecretResponse};
+use mcplexer_proto::v1::{
+    RotateIdentityRequest, RotateIdentityResponse, SealIdentityRequest, SealIdentityResponse,
+    SetProviderSecretRequest, SetSecretRequest, SetSecretResponse, UnlockRequest, UnlockResponse,
+};
 use prost::bytes::{Buf, BufMut};
 use prost::encoding::{DecodeContext, WireType};
 use tonic::codegen::http::uri::PathAndQuery;
@@ -41,6 +44,39 @@ pub fn read_secret(what: &str) -> Result<Zeroizing<Vec<u8>>, Failure> {
         }
         value
     };
+    Ok(value)
+}
+
+/// Reads a passphrase: all of stdin when it is not a terminal (one trailing
+/// newline removed), else a no-echo prompt `prompt`, asked twice when
+/// `confirm` (a new passphrase). An empty passphrase is a usage error.
+pub fn read_passphrase(prompt: &str, confirm: bool) -> Result<Zeroizing<Vec<u8>>, Failure> {
+    let stdin = io::stdin();
+    let value = if stdin.is_terminal() {
+        let prompt_err = |e: io::Error| {
+            Failure::Local(
+                anyhow::Error::new(e).context("cannot read the passphrase from the terminal"),
+            )
+        };
+        let first =
+            Zeroizing::new(rpassword::prompt_password(format!("{prompt}: ")).map_err(prompt_err)?);
+        if confirm && !first.is_empty() {
+            let second = Zeroizing::new(rpassword::prompt_password("Again: ").map_err(prompt_err)?);
+            if *first != *second {
+                return Err(Failure::usage(
+                    "the two passphrases differ; nothing was changed",
+                ));
+            }
+        }
+        into_bytes(first)
+    } else {
+        read_piped(&mut stdin.lock())?
+    };
+    if value.is_empty() {
+        return Err(Failure::usage(
+            "the passphrase is empty; nothing was changed",
+        ));
+    }
     Ok(value)
 }
 
@@ -150,6 +186,24 @@ impl Wipe for SetProviderSecretRequest {
     }
 }
 
+impl Wipe for UnlockRequest {
+    fn wipe(&mut self) {
+        self.passphrase.zeroize();
+    }
+}
+
+impl Wipe for SealIdentityRequest {
+    fn wipe(&mut self) {
+        self.passphrase.zeroize();
+    }
+}
+
+impl Wipe for RotateIdentityRequest {
+    fn wipe(&mut self) {
+        self.passphrase.zeroize();
+    }
+}
+
 /// A request whose secret is zeroized when it is dropped. It encodes exactly
 /// as the message it wraps. Deliberately not `Debug`.
 pub struct Wiping<M: Wipe>(M);
@@ -221,16 +275,53 @@ pub async fn set_provider_secret(
     unary(channel, "SetProviderSecret", path, request).await
 }
 
+/// Unlocks a sealed vault (`Admin/Unlock`).
+pub async fn unlock(
+    channel: Channel,
+    mut passphrase: Zeroizing<Vec<u8>>,
+) -> Result<UnlockResponse, Status> {
+    let request = Wiping(UnlockRequest {
+        passphrase: std::mem::take(&mut *passphrase),
+    });
+    unary(channel, "Unlock", "/mcplexer.v1.Admin/Unlock", request).await
+}
+
+/// Seals the vault's identity file (`Admin/SealIdentity`).
+pub async fn seal_identity(
+    channel: Channel,
+    mut passphrase: Zeroizing<Vec<u8>>,
+) -> Result<SealIdentityResponse, Status> {
+    let request = Wiping(SealIdentityRequest {
+        passphrase: std::mem::take(&mut *passphrase),
+    });
+    let path = "/mcplexer.v1.Admin/SealIdentity";
+    unary(channel, "SealIdentity", path, request).await
+}
+
+/// Rotates the identity (`Admin/RotateIdentity`); `passphrase` seals the
+/// new one when the identity is sealed (empty otherwise).
+pub async fn rotate_identity(
+    channel: Channel,
+    mut passphrase: Zeroizing<Vec<u8>>,
+) -> Result<RotateIdentityResponse, Status> {
+    let request = Wiping(RotateIdentityRequest {
+        passphrase: std::mem::take(&mut *passphrase),
+    });
+    let path = "/mcplexer.v1.Admin/RotateIdentity";
+    unary(channel, "RotateIdentity", path, request).await
+}
+
 /// One unary Admin call with a wiping request, as the generated client
 /// would make it.
-async fn unary<M>(
+async fn unary<M, R>(
     channel: Channel,
     method: &'static str,
     path: &'static str,
     request: Wiping<M>,
-) -> Result<SetSecretResponse, Status>
+) -> Result<R, Status>
 where
     M: prost::Message + Wipe + 'static,
+    R: prost::Message + Default + 'static,
 {
     let mut grpc = tonic::client::Grpc::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
@@ -242,7 +333,7 @@ where
     request
         .extensions_mut()
         .insert(GrpcMethod::new("mcplexer.v1.Admin", method));
-    let codec = tonic_prost::ProstCodec::<Wiping<M>, SetSecretResponse>::default();
+    let codec = tonic_prost::ProstCodec::<Wiping<M>, R>::default();
     let response = grpc
         .unary(request, PathAndQuery::from_static(path), codec)
         .await?;

@@ -119,6 +119,8 @@ const RPC_TABLE: &[(&str, Access)] = &[
     ("Admin/QueryAudit", Access::Any),
     ("Admin/FollowAudit", Access::Any),
     ("Admin/RotateIdentity", Access::Admin),
+    ("Admin/Unlock", Access::Admin),
+    ("Admin/SealIdentity", Access::Admin),
     ("Auth/StartAuthorization", Access::Any),
     ("Auth/CompleteAuthorization", Access::Any),
     ("Auth/DeviceAuthorization", Access::Any),

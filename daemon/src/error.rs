@@ -68,6 +68,12 @@ pub enum VaultError {
         /// Whether trying again later may succeed by itself.
         retryable: bool,
     },
+    /// The identity is sealed: nothing can be decrypted until an
+    /// administrator unlocks the vault.
+    #[error(
+        "the vault is sealed: its identity is locked with a passphrase, so no secret can be decrypted until an administrator unlocks it"
+    )]
+    Sealed,
     /// The database failed.
     #[error("database error: {0}")]
     Database(#[from] rusqlite::Error),
@@ -130,6 +136,7 @@ impl VaultError {
             Self::AlreadyExists { .. } => "ALREADY_EXISTS",
             Self::FailedPrecondition { .. } => "FAILED_PRECONDITION",
             Self::OAuth { code, .. } => code,
+            Self::Sealed => "VAULT_SEALED",
             Self::Database(_) => "DATABASE",
             Self::Crypto(_) => "CRYPTO",
             Self::Io { .. } => "IO",
@@ -139,6 +146,7 @@ impl VaultError {
 
     fn fix(&self) -> Option<&str> {
         match self {
+            Self::Sealed => Some("mcplexerctl unlock"),
             Self::Invalid { fix, .. }
             | Self::NotFound { fix, .. }
             | Self::FailedPrecondition { fix, .. }
@@ -158,7 +166,7 @@ impl From<VaultError> for tonic::Status {
             }
             VaultError::NotFound { .. } => Code::NotFound,
             VaultError::AlreadyExists { .. } => Code::AlreadyExists,
-            VaultError::FailedPrecondition { .. } => Code::FailedPrecondition,
+            VaultError::FailedPrecondition { .. } | VaultError::Sealed => Code::FailedPrecondition,
             VaultError::OAuth { retryable, .. } => {
                 if *retryable {
                     Code::Unavailable

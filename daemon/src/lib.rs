@@ -16,6 +16,7 @@ pub mod model;
 pub mod oauth;
 pub mod ops;
 pub mod rotate;
+pub mod seal;
 pub mod server;
 pub mod service;
 pub mod store;
@@ -166,6 +167,7 @@ fn prepare_state_dir(dir: &Path, uid: u32) -> Result<(), StartError> {
     for (name, what) in [
         ("identity.txt", "identity"),
         ("identity.next.txt", "identity"),
+        ("identity.sealing.txt", "identity"),
         ("vault.db", "database"),
         ("vault.db-wal", "database"),
         ("vault.db-shm", "database"),
@@ -286,6 +288,11 @@ pub async fn run(
         }
         _ => {}
     }
+    // After the drop: the limit that counts is the service user's.
+    match vault::locked::lock_all() {
+        Ok(()) => tracing::info!("all memory locked against swap"),
+        Err(why) => tracing::info!("{why}"),
+    }
     let uid = sys::current_uid();
     prepare_state_dir(&settings.state_dir, uid)?;
     if let Some(path) = &cli.identity {
@@ -303,6 +310,9 @@ pub async fn run(
         _ => None,
     };
     let (store, adopted) = Store::open(&settings.state_dir.join("vault.db"), keyring, pending)?;
+    // Read after a possible adoption: the adopted identity is what the file
+    // will hold.
+    let sealed = store.keyring().is_sealed();
     if adopted {
         rotate::install(&pending_path, origin.path()).map_err(|e| {
             StartError(format!(
@@ -356,6 +366,7 @@ pub async fn run(
             started: Instant::now(),
         },
         rotation: tokio::sync::Mutex::new(()),
+        identity_sealed: std::sync::atomic::AtomicBool::new(sealed),
         tokens,
         flows: crate::oauth::flows::Flows::default(),
     });
@@ -366,7 +377,17 @@ pub async fn run(
         mode = shared.info.mode,
         "vault ready"
     );
-    notify(&service.notifier, "READY=1");
+    if sealed {
+        tracing::warn!(
+            "the identity is sealed: no secret can be released until an administrator runs `mcplexerctl unlock`"
+        );
+        notify(
+            &service.notifier,
+            "READY=1\nSTATUS=sealed: an administrator must run mcplexerctl unlock",
+        );
+    } else {
+        notify(&service.notifier, "READY=1");
+    }
     let served = server::serve(listener, socket, shared, shutdown_signal(service.notifier)).await;
     // Not required for safety (the next start ingests the journal), but a
     // clean stop leaves the audit table complete.

@@ -5,6 +5,9 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use zeroize::Zeroizing;
 
 use crate::error::{Result, VaultError};
 use crate::service::Shared;
@@ -25,8 +28,9 @@ pub fn install(from: &Path, to: &Path) -> std::io::Result<()> {
 }
 
 /// Rotates the identity; returns the new recipient and how many ciphertexts
-/// were re-encrypted.
-pub async fn rotate(shared: &Shared) -> Result<(String, u64)> {
+/// were re-encrypted. When the identity file is sealed, the new one is
+/// sealed with `passphrase`, which is then required.
+pub async fn rotate(shared: &Shared, passphrase: Zeroizing<Vec<u8>>) -> Result<(String, u64)> {
     let _one_at_a_time = shared.rotation.lock().await;
     let IdentityOrigin::StateDir(current) = &shared.info.identity else {
         return Err(VaultError::FailedPrecondition {
@@ -45,8 +49,24 @@ pub async fn rotate(shared: &Shared) -> Result<(String, u64)> {
         std::fs::remove_file(&pending)
             .map_err(|e| VaultError::io(format!("cannot remove {}", pending.display()), e))?;
     }
-    let next = Arc::new(Keyring::generate());
-    write_identity_file(&next, &pending)?;
+    let seal_with = if shared.identity_sealed.load(Ordering::SeqCst) {
+        if passphrase.is_empty() {
+            return Err(VaultError::invalid(
+                "the identity is sealed, so its successor must be too: give the passphrase to seal it with",
+            ));
+        }
+        crate::seal::check_new_passphrase(&passphrase)?;
+        // Nothing can be re-encrypted while sealed; say so before the
+        // scrypt work.
+        if shared.store.keyring().is_sealed() {
+            return Err(VaultError::Sealed);
+        }
+        Some(passphrase)
+    } else {
+        None
+    };
+    let next = Arc::new(Keyring::generate()?);
+    write_identity_file(&next, &pending, seal_with.as_ref().map(|p| p.as_slice()))?;
     let job_keyring = next.clone();
     let result = shared
         .store

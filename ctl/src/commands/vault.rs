@@ -1,20 +1,21 @@
-//! Vault-wide commands: `status`, `apply`, `export` and `identity rotate`.
+//! Vault-wide commands: `status`, `apply`, `export`, `identity rotate`,
+//! `identity seal` and `unlock`.
 //!
 //! `apply` reads the YAML document locally (a file or stdin) and sends it
 //! as is; the vault parses and validates it, and applies it in one
-//! transaction or not at all. `identity rotate` is admin-only; the vault
-//! refuses it to anyone else.
+//! transaction or not at all. `identity ...` and `unlock` are admin-only;
+//! the vault refuses them to anyone else. Passphrases go through
+//! [`sensitive`](crate::sensitive), like secret values.
 
 use std::io::Read;
 
-use mcplexer_proto::v1::{
-    ApplyRequest, ApplyResponse, ExportRequest, RotateIdentityRequest, StatusRequest,
-};
+use mcplexer_proto::v1::{ApplyRequest, ApplyResponse, ExportRequest, StatusRequest};
 
 use super::Ctx;
 use crate::cli::{ApplyArgs, IdentityCommand};
 use crate::error::Failure;
 use crate::output::{self, Fields, Table};
+use crate::sensitive;
 use crate::time::format_secs;
 
 /// `status`.
@@ -35,6 +36,9 @@ pub async fn status(ctx: &mut Ctx) -> Result<(), Failure> {
         .add("caller_pid", s.caller_pid)
         .add("caller_role", &s.caller_role)
         .add("recipient", &s.recipient)
+        .add("sealed", s.sealed)
+        .add("identity_sealed", s.identity_sealed)
+        .add("memory_lock", &s.memory_lock)
         .add("state_dir", &s.state_dir)
         .add("uptime", format_secs(s.uptime_sec))
         .add("scopes", s.scopes)
@@ -136,16 +140,25 @@ pub async fn export(ctx: &mut Ctx) -> Result<(), Failure> {
     Ok(output::print_text(&yaml)?)
 }
 
-/// `identity rotate`: prints the new recipient and how much was re-encrypted.
+/// `identity rotate` (prints the new recipient and how much was
+/// re-encrypted) and `identity seal`.
 pub async fn identity(ctx: &mut Ctx, cmd: IdentityCommand) -> Result<(), Failure> {
     match cmd {
         IdentityCommand::Rotate => {
-            let response = ctx
+            let status = ctx
                 .admin()
                 .await?
-                .rotate_identity(RotateIdentityRequest {})
+                .status(StatusRequest {})
                 .await?
                 .into_inner();
+            // A sealed identity is replaced by a sealed one: ask for its
+            // passphrase (the vault refuses the rotation without it).
+            let passphrase = if status.identity_sealed {
+                sensitive::read_passphrase("New passphrase for the new identity", true)?
+            } else {
+                Default::default()
+            };
+            let response = sensitive::rotate_identity(ctx.channel().await?, passphrase).await?;
             if ctx.json {
                 return output::json(&response);
             }
@@ -154,7 +167,37 @@ pub async fn identity(ctx: &mut Ctx, cmd: IdentityCommand) -> Result<(), Failure
                 .add("reencrypted", response.reencrypted);
             Ok(f.print()?)
         }
+        IdentityCommand::Seal => {
+            // Connect first, so nobody types a passphrase for an absent vault.
+            let channel = ctx.channel().await?;
+            let passphrase = sensitive::read_passphrase("New passphrase", true)?;
+            let response = sensitive::seal_identity(channel, passphrase).await?;
+            if ctx.json {
+                return output::json(&response);
+            }
+            ctx.note(format_args!(
+                "sealed {}; the vault starts sealed from its next start, until `mcplexerctl unlock`",
+                response.path
+            ));
+            Ok(())
+        }
     }
+}
+
+/// `unlock`.
+pub async fn unlock(ctx: &mut Ctx) -> Result<(), Failure> {
+    let channel = ctx.channel().await?;
+    let passphrase = sensitive::read_passphrase("Vault passphrase", false)?;
+    let response = sensitive::unlock(channel, passphrase).await?;
+    if ctx.json {
+        return output::json(&response);
+    }
+    if response.was_sealed {
+        ctx.note(format_args!("unlocked the vault ({})", response.recipient));
+    } else {
+        ctx.note(format_args!("the vault was not sealed; nothing changed"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

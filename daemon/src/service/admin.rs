@@ -254,6 +254,12 @@ impl Admin for AdminService {
             caller_pid: caller.peer.pid,
             caller_role: caller.role.as_str().into(),
             recipient: self.0.store.keyring().recipient(),
+            sealed: self.0.store.keyring().is_sealed(),
+            identity_sealed: self
+                .0
+                .identity_sealed
+                .load(std::sync::atomic::Ordering::SeqCst),
+            memory_lock: crate::vault::locked::memory_lock().as_str().into(),
             scopes: state.scopes.len() as u64,
             providers: state.providers.len() as u64,
             servers: state.servers.len() as u64,
@@ -662,7 +668,8 @@ impl Admin for AdminService {
         request: Request<pb::RotateIdentityRequest>,
     ) -> Reply<pb::RotateIdentityResponse> {
         let caller = self.0.authorize(&request, "Admin/RotateIdentity").await?;
-        let result = crate::rotate::rotate(&self.0).await;
+        let passphrase = Zeroizing::new(request.into_inner().passphrase);
+        let result = crate::rotate::rotate(&self.0, passphrase).await;
         self.0
             .audit_outcome(&caller, "Admin/RotateIdentity", &result, true)
             .await;
@@ -670,6 +677,37 @@ impl Admin for AdminService {
         ok(pb::RotateIdentityResponse {
             recipient,
             reencrypted,
+        })
+    }
+
+    async fn unlock(&self, request: Request<pb::UnlockRequest>) -> Reply<pb::UnlockResponse> {
+        let caller = self.0.authorize(&request, "Admin/Unlock").await?;
+        let passphrase = Zeroizing::new(request.into_inner().passphrase);
+        let result = crate::seal::unlock(&self.0, passphrase).await;
+        // Every attempt is audited: a wrong passphrase as denied.
+        self.0
+            .audit_outcome(&caller, "Admin/Unlock", &result, true)
+            .await;
+        let (was_sealed, recipient) = result?;
+        ok(pb::UnlockResponse {
+            was_sealed,
+            recipient,
+        })
+    }
+
+    async fn seal_identity(
+        &self,
+        request: Request<pb::SealIdentityRequest>,
+    ) -> Reply<pb::SealIdentityResponse> {
+        let caller = self.0.authorize(&request, "Admin/SealIdentity").await?;
+        let passphrase = Zeroizing::new(request.into_inner().passphrase);
+        let result = crate::seal::seal(&self.0, passphrase).await;
+        self.0
+            .audit_outcome(&caller, "Admin/SealIdentity", &result, true)
+            .await;
+        let path = result?;
+        ok(pb::SealIdentityResponse {
+            path: path.display().to_string(),
         })
     }
 }

@@ -50,8 +50,11 @@ pub struct Shared {
     pub authz: Authorizer,
     /// Daemon facts.
     pub info: DaemonInfo,
-    /// Serialises identity rotations.
+    /// Serialises identity changes: rotation, sealing, unlocking.
     pub rotation: tokio::sync::Mutex<()>,
+    /// Whether the vault-managed identity file is passphrase-sealed (the
+    /// vault starts sealed).
+    pub identity_sealed: std::sync::atomic::AtomicBool,
     /// OAuth tokens: their state, release and refresh.
     pub tokens: crate::oauth::tokens::Tokens,
     /// Authorization-code flows in progress.

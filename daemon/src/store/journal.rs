@@ -252,7 +252,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (store, _) = Store::open(
             &dir.path().join("vault.db"),
-            crate::vault::Keyring::generate(),
+            crate::vault::Keyring::generate().unwrap(),
             None,
         )
         .unwrap();

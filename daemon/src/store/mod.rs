@@ -403,7 +403,7 @@ mod tests {
     async fn group_commit_keeps_jobs_independent() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("vault.db");
-        let keyring = Keyring::generate();
+        let keyring = Keyring::generate().unwrap();
         let recipient = keyring.recipient();
         let (store, _) = Store::open(&path, keyring, None).unwrap();
         let mut tasks = Vec::new();
@@ -468,14 +468,16 @@ mod tests {
     fn identity_must_match_the_database() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("vault.db");
-        let first = Keyring::generate();
+        let first = Keyring::generate().unwrap();
         let first_recipient = first.recipient();
         drop(Store::open(&path, first, None).unwrap());
-        let err = Store::open(&path, Keyring::generate(), None).err().unwrap();
+        let err = Store::open(&path, Keyring::generate().unwrap(), None)
+            .err()
+            .unwrap();
         assert!(err.to_string().contains(&first_recipient), "{err}");
         // The identity that matches, offered as pending, is adopted.
         let mut conn = Connection::open(&path).unwrap();
-        let replacement = Keyring::generate();
+        let replacement = Keyring::generate().unwrap();
         let tx = conn.transaction().unwrap();
         tx.execute(
             "UPDATE meta SET value = ?1 WHERE key = 'recipient'",
@@ -484,7 +486,8 @@ mod tests {
         .unwrap();
         tx.commit().unwrap();
         drop(conn);
-        let (_, adopted) = Store::open(&path, Keyring::generate(), Some(replacement)).unwrap();
+        let (_, adopted) =
+            Store::open(&path, Keyring::generate().unwrap(), Some(replacement)).unwrap();
         assert!(adopted);
     }
 }

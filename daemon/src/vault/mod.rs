@@ -9,8 +9,11 @@
 //! exactly one purpose, the credential release to a granted peer.
 
 mod identity;
+pub mod locked;
 mod secrets;
 
 pub(crate) use identity::read_if_exists;
-pub use identity::{IdentityOrigin, Keyring, load_or_generate, write_identity_file};
+pub use identity::{
+    IdentityOrigin, Keyring, load_or_generate, seal_identity_file, write_identity_file,
+};
 pub use secrets::SecretMap;

@@ -22,6 +22,7 @@ mod proxy_protocol;
 mod proxy_restart;
 mod proxy_serve;
 mod release;
+mod sealed;
 mod secrets;
 mod seed;
 mod smoke;

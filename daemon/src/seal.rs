@@ -1,0 +1,94 @@
+//! Sealed identities: `unlock` opens a vault started from a passphrase-sealed
+//! identity file, `identity seal` seals the vault-managed file in place.
+//!
+//! While sealed, the store's keyring holds only the recipient: encryption
+//! works, every decryption fails with `VAULT_SEALED` and the command that
+//! fixes it. Unlocking swaps the open keyring in through the writer, as a
+//! rotation does. Key changes (rotate, seal, unlock) take the same lock, so
+//! passphrase guesses are served one at a time, each costing age's scrypt
+//! work (about a second).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use zeroize::Zeroizing;
+
+use crate::error::{Result, VaultError};
+use crate::service::Shared;
+use crate::vault::{IdentityOrigin, seal_identity_file};
+
+/// The shortest passphrase `identity seal` and `identity rotate` accept.
+pub const MIN_PASSPHRASE_CHARS: usize = 8;
+
+/// Checks a new passphrase: UTF-8, at least [`MIN_PASSPHRASE_CHARS`]
+/// characters.
+pub fn check_new_passphrase(passphrase: &[u8]) -> Result<()> {
+    let chars = std::str::from_utf8(passphrase)
+        .map_err(|_| VaultError::invalid("the passphrase is not UTF-8 text"))?
+        .chars()
+        .count();
+    if chars < MIN_PASSPHRASE_CHARS {
+        return Err(VaultError::invalid(format!(
+            "the passphrase has {chars} characters; at least {MIN_PASSPHRASE_CHARS} are needed"
+        )));
+    }
+    Ok(())
+}
+
+/// Unseals the vault with `passphrase`. Returns whether it was sealed, and
+/// the recipient. A wrong passphrase is `PermissionDenied`.
+pub async fn unlock(shared: &Shared, passphrase: Zeroizing<Vec<u8>>) -> Result<(bool, String)> {
+    let _one_at_a_time = shared.rotation.lock().await;
+    let current = shared.store.keyring();
+    if !current.is_sealed() {
+        return Ok((false, current.recipient()));
+    }
+    // scrypt takes about a second of CPU: off the async workers.
+    let open = tokio::task::spawn_blocking(move || current.unseal(&passphrase))
+        .await
+        .map_err(|_| VaultError::Unavailable)??;
+    let open = Arc::new(open);
+    let recipient = open.recipient();
+    shared
+        .store
+        .write(move |ctx| {
+            ctx.set_keyring(open);
+            Ok(())
+        })
+        .await?;
+    tracing::info!(%recipient, "vault unlocked");
+    Ok((true, recipient))
+}
+
+/// Seals the vault-managed identity file with `passphrase`. The running
+/// vault stays open; from its next start it is sealed.
+pub async fn seal(shared: &Shared, passphrase: Zeroizing<Vec<u8>>) -> Result<PathBuf> {
+    let _one_at_a_time = shared.rotation.lock().await;
+    let IdentityOrigin::StateDir(path) = &shared.info.identity else {
+        return Err(VaultError::FailedPrecondition {
+            message: format!(
+                "the identity is supplied from {}, which the vault does not manage; protect it there (a systemd credential is encrypted by systemd-creds)",
+                shared.info.identity.path().display()
+            ),
+            fix: None,
+        });
+    };
+    if shared.identity_sealed.load(Ordering::SeqCst) {
+        return Err(VaultError::FailedPrecondition {
+            message: format!("the identity {} is already sealed", path.display()),
+            fix: Some(
+                "to change the passphrase, rotate to a new identity sealed with the new one: mcplexerctl identity rotate".into(),
+            ),
+        });
+    }
+    check_new_passphrase(&passphrase)?;
+    let keyring = shared.store.keyring();
+    let (file, target) = (path.clone(), path.clone());
+    tokio::task::spawn_blocking(move || seal_identity_file(&keyring, &file, &passphrase))
+        .await
+        .map_err(|_| VaultError::Unavailable)??;
+    shared.identity_sealed.store(true, Ordering::SeqCst);
+    tracing::info!(path = %target.display(), "identity sealed; the vault starts sealed from now on");
+    Ok(target)
+}
