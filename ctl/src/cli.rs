@@ -106,6 +106,21 @@ pub enum Command {
     /// passphrase is asked without echo, or read from stdin when it is not
     /// a terminal; never from the command line.
     Unlock,
+    /// Serve the configuration web UI on loopback, for your browser only:
+    /// auth scopes, secrets, OAuth authorization, providers, routes, audit.
+    /// Prints a sign-in link that works once; runs until Ctrl-C.
+    Ui(UiArgs),
+}
+
+/// `ui [--listen ADDR:PORT] [--no-browser]`.
+#[derive(Debug, Args)]
+pub struct UiArgs {
+    /// The loopback address and port to listen on (port 0: a free one).
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:0")]
+    pub listen: std::net::SocketAddr,
+    /// Print the sign-in link instead of opening a browser.
+    #[arg(long)]
+    pub no_browser: bool,
 }
 
 /// `apply -f FILE [--dry-run]`.

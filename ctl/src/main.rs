@@ -19,6 +19,7 @@ mod error;
 mod output;
 mod sensitive;
 mod time;
+mod ui;
 
 use std::process::ExitCode;
 

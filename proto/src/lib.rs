@@ -1,8 +1,8 @@
 //! Protocol of the MCPlexer vault: the generated prost messages and tonic
 //! services of `mcplexer/v1`, [`connect`], the client-side helper that
-//! opens a channel over the vault's Unix socket, and [`service_env`], what
+//! opens a channel over the vault's Unix socket, [`service_env`], what
 //! systemd passes the vault and the proxy (sockets, notification socket,
-//! credentials).
+//! credentials), and [`peer`], the owner of a loopback TCP client.
 //!
 //! Trust: nothing here authenticates anyone. The vault authorises each call
 //! from the socket's peer credentials; clients only need to reach the socket.
@@ -14,6 +14,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 
+pub mod peer;
 pub mod service_env;
 
 /// Generated code of the `mcplexer.v1` package.

@@ -15,7 +15,6 @@ pub mod cli;
 pub mod downstream;
 pub mod gateway;
 pub mod http;
-pub mod peer;
 pub mod redact;
 pub mod restart;
 pub mod router;

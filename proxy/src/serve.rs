@@ -382,19 +382,10 @@ impl axum::serve::Listener for OwnUidOnly<tokio::net::TcpListener> {
     type Addr = std::net::SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        let me = own_uid();
-        loop {
-            let (io, addr) = axum::serve::Listener::accept(&mut self.0).await;
-            let owner = io
-                .local_addr()
-                .and_then(|local| crate::peer::tcp_peer_uid(local, addr))
-                .ok()
-                .flatten();
-            if owner == Some(me) {
-                return (io, addr);
-            }
-            Self::refuse(owner, &addr.to_string());
-        }
+        mcplexer_proto::peer::accept_own(&self.0, own_uid(), |uid, addr| {
+            Self::refuse(uid, &addr.to_string());
+        })
+        .await
     }
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {

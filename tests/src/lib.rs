@@ -348,6 +348,30 @@ pub fn base64(bytes: &[u8], url_safe: bool) -> Vec<u8> {
         .collect()
 }
 
+/// Sends `request` to the loopback TCP `authority` (`127.0.0.1:PORT`) as
+/// uid:gid `user`, with bash's /dev/tcp through `setpriv`, and says whether
+/// any answer came back. Servers that serve only their own uid must close
+/// the connection unanswered (possibly before the request is written:
+/// SIGPIPE is ignored, the write fails, nothing is read).
+pub fn answered_as(user: (u32, u32), authority: &str, request: &str) -> bool {
+    let (host, port) = authority.rsplit_once(':').expect("host:port");
+    let script = format!(
+        "trap '' PIPE; exec 3<>/dev/tcp/{host}/{port} && printf '%s' \"$REQUEST\" >&3; answer=$(timeout 10 cat <&3); [ -z \"$answer\" ] && echo closed || echo answered"
+    );
+    let out = Command::new("setpriv")
+        .arg(format!("--reuid={}", user.0))
+        .arg(format!("--regid={}", user.1))
+        .args(["--clear-groups", "/bin/bash", "-c", &script])
+        .env("REQUEST", request)
+        .output()
+        .expect("run setpriv");
+    match String::from_utf8_lossy(&out.stdout).trim() {
+        "closed" => false,
+        "answered" => true,
+        _ => panic!("the raw request as {user:?} failed: {out:?}"),
+    }
+}
+
 /// Spawns `cmd` (a `mcplexer-vaultd`) with `NOTIFY_SOCKET` at `notify`
 /// (made here; its directory must be reachable by the daemon's uid) and
 /// waits, at most [`READY_TIMEOUT`], for READY=1. Fails, killing it, if it

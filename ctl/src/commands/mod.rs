@@ -83,6 +83,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Export => vault::export(&mut ctx).await,
         Command::Identity(cmd) => vault::identity(&mut ctx, cmd).await,
         Command::Unlock => vault::unlock(&mut ctx).await,
+        Command::Ui(args) => crate::ui::run(&mut ctx, args).await,
         Command::Scope(cmd) => scope::scope(&mut ctx, cmd).await,
         Command::Secret(cmd) => scope::secret(&mut ctx, cmd).await,
         Command::Provider(cmd) => provider::run(&mut ctx, cmd).await,

@@ -26,3 +26,4 @@ mod sealed;
 mod secrets;
 mod seed;
 mod smoke;
+mod ui;

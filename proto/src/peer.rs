@@ -1,6 +1,6 @@
-//! Who is on the other end of a connection to `serve`: only the proxy's
-//! own uid may use it, since every call it serves is made with that uid's
-//! credentials.
+//! Who is on the other end of a loopback connection. The proxy's `serve`
+//! and `mcplexerctl ui` accept only their own uid: every call they make is
+//! made with that uid's credentials.
 //!
 //! On a Unix socket the kernel says (`SO_PEERCRED`). On loopback TCP it
 //! does not, so the client's socket is looked up in `/proc/net/tcp` and
@@ -10,6 +10,44 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+/// Accepts the next connection on `listener` whose client socket uid `me`
+/// owns. Every other one is closed at once and handed to `refused` with
+/// its owner (when the kernel lists it) and address. An accept error of one
+/// connection (reset, aborted) skips it; any other (no file descriptors
+/// left) is retried after a second rather than spun on.
+pub async fn accept_own(
+    listener: &tokio::net::TcpListener,
+    me: u32,
+    refused: impl Fn(Option<u32>, SocketAddr),
+) -> (tokio::net::TcpStream, SocketAddr) {
+    loop {
+        let (io, addr) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset
+                ) =>
+            {
+                continue;
+            }
+            Err(_) => {
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let owner = io
+            .local_addr()
+            .and_then(|local| tcp_peer_uid(local, addr))
+            .ok()
+            .flatten();
+        if owner == Some(me) {
+            return (io, addr);
+        }
+        refused(owner, addr);
+    }
+}
 
 /// The uid that owns the client end of the loopback TCP connection from
 /// `peer` to `local`, if the kernel lists it.

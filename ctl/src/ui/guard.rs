@@ -1,0 +1,321 @@
+//! Who may use the UI, checked on every request before any handler runs.
+//!
+//! * The listener accepts only connections from this process's own uid
+//!   (the owner of the client's loopback socket, from the kernel), since
+//!   every call the UI makes to the vault is made with that uid.
+//! * `Host` must name this listener (127.0.0.1, [::1] or localhost with its
+//!   port): a page of another site resolving its name to 127.0.0.1 (DNS
+//!   rebinding) is refused.
+//! * `/login?token=…` trades the one-time token that `mcplexerctl ui`
+//!   printed for a session cookie (HttpOnly, SameSite=Strict); the token is
+//!   then spent. Every other path needs that cookie, except the OAuth
+//!   callback, which the provider's redirect reaches without it
+//!   (SameSite=Strict withholds it on a cross-site navigation) and which
+//!   only completes a flow the vault started for this uid, by its
+//!   unguessable single-use state.
+//! * A request that changes anything (any method but GET and HEAD) must
+//!   carry `Origin` equal to this listener's origin and the session's CSRF
+//!   token in its form.
+//! * Every response forbids framing, inline script and style, and caching.
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Redirect, Response};
+use zeroize::Zeroizing;
+
+use super::Ui;
+use super::html::{Notice, error_page};
+
+/// The session cookie's name.
+const COOKIE: &str = "mcplexer_ui";
+
+/// The largest form accepted (secret values are at most 1 MiB).
+pub const MAX_FORM: usize = 2 << 20;
+
+/// The response headers every answer carries.
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
+                   connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+/// The signed-in browser's session.
+struct Session {
+    id: Zeroizing<String>,
+    csrf: Zeroizing<String>,
+}
+
+/// The token, the session and the names this listener answers to.
+pub struct Guard {
+    hosts: Vec<String>,
+    origins: Vec<String>,
+    login: Mutex<Option<Zeroizing<String>>>,
+    session: Mutex<Option<Session>>,
+}
+
+/// The session's CSRF token, for the forms a handler renders.
+#[derive(Clone)]
+pub struct Csrf(pub Arc<str>);
+
+/// A posted form's body, read and checked by the guard, wiped when the
+/// last handler lets go of it. (Hyper's own receive buffer is beyond
+/// reach.)
+#[derive(Clone)]
+pub struct Form(pub Arc<Zeroizing<Vec<u8>>>);
+
+impl Form {
+    /// The value of `key`, if the form has it.
+    pub fn get(&self, key: &str) -> Option<Zeroizing<String>> {
+        field(&self.0, key)
+    }
+
+    /// The value of `key`, trimmed, or empty.
+    pub fn text(&self, key: &str) -> String {
+        self.get(key)
+            .map(|v| v.trim().to_owned())
+            .unwrap_or_default()
+    }
+
+    /// The fields named `prefix` + NAME, as (NAME, value trimmed). Only
+    /// those are copied out (a secret field elsewhere in the form is not).
+    pub fn with_prefix(&self, prefix: &str) -> Vec<(String, String)> {
+        url::form_urlencoded::parse(&self.0)
+            .filter_map(|(k, v)| {
+                k.strip_prefix(prefix)
+                    .map(|name| (name.to_owned(), v.trim().to_owned()))
+            })
+            .collect()
+    }
+}
+
+impl Guard {
+    /// A guard for a listener on `addr`, with a fresh one-time token.
+    pub fn new(addr: std::net::SocketAddr) -> std::io::Result<(Self, Zeroizing<String>)> {
+        let port = addr.port();
+        let mut hosts = vec![format!("localhost:{port}")];
+        hosts.push(match addr {
+            std::net::SocketAddr::V4(v4) => format!("{}:{port}", v4.ip()),
+            std::net::SocketAddr::V6(v6) => format!("[{}]:{port}", v6.ip()),
+        });
+        let origins = hosts.iter().map(|h| format!("http://{h}")).collect();
+        let token = random_token()?;
+        Ok((
+            Self {
+                hosts,
+                origins,
+                login: Mutex::new(Some(token.clone())),
+                session: Mutex::new(None),
+            },
+            token,
+        ))
+    }
+
+    /// The host this listener is reached at, as URLs should name it.
+    pub fn host(&self) -> &str {
+        &self.hosts[1]
+    }
+
+    /// Spends the one-time token: a new session, or `None` if `token` is
+    /// wrong or already used.
+    fn sign_in(&self, token: &str) -> Option<(Zeroizing<String>, Zeroizing<String>)> {
+        let mut login = self.login.lock().unwrap_or_else(PoisonError::into_inner);
+        let expected = login.as_ref()?;
+        if !same(expected.as_bytes(), token.as_bytes()) {
+            return None;
+        }
+        *login = None;
+        let id = random_token().ok()?;
+        let csrf = random_token().ok()?;
+        *self.session.lock().unwrap_or_else(PoisonError::into_inner) = Some(Session {
+            id: id.clone(),
+            csrf: csrf.clone(),
+        });
+        Some((id, csrf))
+    }
+
+    /// The CSRF token of the session `cookie` names, if it is the session.
+    fn session_csrf(&self, cookie: &str) -> Option<Arc<str>> {
+        let session = self.session.lock().unwrap_or_else(PoisonError::into_inner);
+        let session = session.as_ref()?;
+        same(session.id.as_bytes(), cookie.as_bytes()).then(|| Arc::from(session.csrf.as_str()))
+    }
+}
+
+/// 32 random bytes from the kernel, as hex.
+fn random_token() -> std::io::Result<Zeroizing<String>> {
+    use std::io::Read;
+    let mut bytes = Zeroizing::new([0u8; 32]);
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes[..])?;
+    let mut hex = Zeroizing::new(String::with_capacity(64));
+    for b in bytes.iter() {
+        hex.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
+        hex.push(char::from(b"0123456789abcdef"[usize::from(b & 15)]));
+    }
+    Ok(hex)
+}
+
+/// Compares in time that depends on the length only.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The value of cookie `name` in the request's `Cookie` headers.
+fn cookie<'a>(headers: &'a axum::http::HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// The value of `key` in a query string or form body.
+pub fn field(encoded: &[u8], key: &str) -> Option<Zeroizing<String>> {
+    url::form_urlencoded::parse(encoded)
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| Zeroizing::new(v.into_owned()))
+}
+
+/// The middleware: refuses what the module docs say, passes the rest on
+/// with the session's [`Csrf`], and adds the security headers.
+pub async fn check(State(ui): State<Arc<Ui>>, request: Request, next: Next) -> Response {
+    let mut response = decide(&ui, request, next).await;
+    let headers = response.headers_mut();
+    for (name, value) in [
+        (header::CONTENT_SECURITY_POLICY, CSP),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::REFERRER_POLICY, "no-referrer"),
+        (header::CACHE_CONTROL, "no-store"),
+    ] {
+        headers.insert(name, HeaderValue::from_static(value));
+    }
+    response
+}
+
+async fn decide(ui: &Ui, request: Request, next: Next) -> Response {
+    let guard = &ui.guard;
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default();
+    if !guard.hosts.iter().any(|h| h == host) {
+        return refuse(
+            StatusCode::MISDIRECTED_REQUEST,
+            "This address is not the UI's",
+            "The request named another host. Open the UI at the address mcplexerctl ui printed.",
+        );
+    }
+    let path = request.uri().path();
+    let reads = matches!(*request.method(), Method::GET | Method::HEAD);
+    if path == "/login" {
+        if !reads {
+            return refuse(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "Sign-in",
+                "Sign in with the link mcplexerctl ui printed.",
+            );
+        }
+        let query = request.uri().query().unwrap_or_default().as_bytes();
+        let signed_in = field(query, "token").and_then(|token| guard.sign_in(&token));
+        let Some((id, _)) = signed_in else {
+            return refuse(
+                StatusCode::FORBIDDEN,
+                "This sign-in link is spent",
+                "A sign-in link works once. Stop mcplexerctl ui and start it again for a new one.",
+            );
+        };
+        let mut response = Redirect::to("/scopes").into_response();
+        if let Ok(value) = HeaderValue::from_str(&format!(
+            "{COOKIE}={}; HttpOnly; SameSite=Strict; Path=/",
+            id.as_str()
+        )) {
+            response.headers_mut().insert(header::SET_COOKIE, value);
+        }
+        return response;
+    }
+    if path == "/oauth/callback" && reads {
+        return next.run(request).await;
+    }
+    let Some(csrf) = cookie(request.headers(), COOKIE).and_then(|c| guard.session_csrf(c)) else {
+        return refuse(
+            StatusCode::UNAUTHORIZED,
+            "Not signed in",
+            "Open the sign-in link mcplexerctl ui printed (it works once). Without it, nothing here is served.",
+        );
+    };
+    if reads {
+        let mut request = request;
+        request.extensions_mut().insert(Csrf(csrf));
+        return next.run(request).await;
+    }
+    let origin = request
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|o| o.to_str().ok())
+        .unwrap_or_default();
+    if !guard.origins.iter().any(|o| o == origin) {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "Refused",
+            "The request did not come from this UI's own pages (its Origin is missing or foreign). Nothing was changed.",
+        );
+    }
+    let (parts, body) = request.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, MAX_FORM).await else {
+        return refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "Refused",
+            "The form is too large. Nothing was changed.",
+        );
+    };
+    let bytes = Zeroizing::new(bytes.to_vec());
+    let sent = field(&bytes, "csrf");
+    if !sent.is_some_and(|s| same(s.as_bytes(), csrf.as_bytes())) {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "Refused",
+            "The form's token does not match this session. Reload the page and try again. Nothing was changed.",
+        );
+    }
+    let mut request = Request::from_parts(parts, Body::empty());
+    request.extensions_mut().insert(Csrf(csrf));
+    request.extensions_mut().insert(Form(Arc::new(bytes)));
+    next.run(request).await
+}
+
+fn refuse(status: StatusCode, title: &str, message: &str) -> Response {
+    error_page(status, title, &Notice::error(message))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_token_is_spent_once() {
+        let (guard, token) = Guard::new("127.0.0.1:4000".parse().unwrap()).unwrap();
+        assert_eq!(token.len(), 64);
+        assert!(guard.sign_in("not-the-token").is_none());
+        let (id, csrf) = guard.sign_in(&token).unwrap();
+        assert!(guard.sign_in(&token).is_none());
+        assert_eq!(&*guard.session_csrf(&id).unwrap(), csrf.as_str());
+        assert!(guard.session_csrf("forged").is_none());
+        assert_eq!(guard.host(), "127.0.0.1:4000");
+    }
+
+    #[test]
+    fn cookies_are_found_among_others() {
+        let mut headers = axum::http::HeaderMap::new();
+        headers.append(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; mcplexer_ui=xyz"),
+        );
+        assert_eq!(cookie(&headers, COOKIE), Some("xyz"));
+        assert_eq!(cookie(&headers, "b"), None);
+    }
+}
