@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # Installs the real peers the end-to-end tests drive, at the versions pinned
 # here: the npm packages of package-lock.json (MCP server-everything, the
-# oidc-provider authorization server) into node_modules/, and
+# oidc-provider authorization server, playwright-core, which drives the
+# browser of the UI test) into node_modules/, and
 # the Python packages of requirements.txt into .venv/. Idempotent and fast on
 # a re-run: each half is skipped while a stamp of its inputs (pins, tool
 # versions) matches. Run from anywhere; needs node + npm and python3 >= 3.10.
+# The browser itself is Debian's chromium (/usr/bin/chromium), an apt
+# package this script does not install: playwright-core downloads no
+# browser.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
@@ -17,11 +21,13 @@ stamp_of() {
 STAMP_TOOLS="node $(node --version) npm $(npm --version)"
 npm_stamp=$(stamp_of package.json package-lock.json)
 npm_stamp_file=node_modules/.mcplexer-peers-stamp
-# The entry points the tests run: server-everything's CLI and the
-# authorization server that oauth_server.mjs builds on.
+# The entry points the tests run: server-everything's CLI, the
+# authorization server that oauth_server.mjs builds on and the browser
+# driver of ui_browser.mjs.
 entries=(
     node_modules/@modelcontextprotocol/server-everything/dist/index.js
     node_modules/oidc-provider/lib/index.js
+    node_modules/playwright-core/index.mjs
 )
 all_present() {
     local entry

@@ -24,15 +24,28 @@
  *                       (wins over AUTO_APPROVE): the authorization response
  *                       carries the error to the redirect URI, a device code
  *                       polls to access_denied.
- *                       With neither, /interaction/:uid answers 403
+ *     CONSENT_PAGE=1    a person decides (wins over AUTO_APPROVE and DENY):
+ *                       GET /interaction/:uid answers a real HTML page naming
+ *                       the client and the requested scopes, with an
+ *                       "Approve" and a "Deny" button (one POST form back to
+ *                       /interaction/:uid, field `decision`). Approve finishes
+ *                       the interaction as AUTO_APPROVE does, Deny as DENY
+ *                       does; then 303 on to the authorization resume.
+ *                       With none of the three, /interaction/:uid answers 403
  *                       "interaction refused" (no way to log in).
+ *     GITHUB_ROUTES=1   serve the authorization, token and device
+ *                       authorization endpoints at GitHub's paths instead of
+ *                       oidc-provider's (see Endpoints), so that a provider
+ *                       made from a GitHub template with base_url = the
+ *                       issuer talks to this server.
  *     DEVICE_INTERVAL   if set (seconds), added as `interval` to device
  *                       authorization responses. oidc-provider itself never
  *                       sends `interval` (so RFC 8628's default of 5 s applies)
  *                       and never answers slow_down.
  *
- * Clients (all `application_type: 'native'`, redirect URI
- * `http://127.0.0.1/callback` with any port (RFC 8252 loopback rule),
+ * Clients (all `application_type: 'native'`, redirect URIs
+ * `http://127.0.0.1/callback` and `http://127.0.0.1/oauth/callback` (the
+ * configuration UI's), each with any port (RFC 8252 loopback rule),
  * response type `code`, grant types authorization_code, refresh_token and
  * device_code, scope `openid offline_access read write`):
  *     public-client        token_endpoint_auth_method none
@@ -42,8 +55,15 @@
  * credentials interchangeably: confidential-client must authenticate with
  * `Authorization: Basic` (RFC 6749 2.3.1: id and secret form-encoded, then
  * base64) and post-client with client_id + client_secret in the body, at
- * /token, /token/revocation, /token/introspection and /device/auth; the
- * other way answers 401 invalid_client.
+ * the token, revocation, introspection and device authorization endpoints;
+ * the other way answers 401 invalid_client.
+ *
+ * Endpoints (also in the discovery documents): authorization /auth, token
+ * /token, device authorization /device/auth; with GITHUB_ROUTES=1 these are
+ * /login/oauth/authorize, /login/oauth/access_token and /login/device/code
+ * instead (and the old paths answer 404). Revocation /token/revocation,
+ * introspection /token/introspection, the device user pages /device and
+ * userinfo /me are the same either way.
  *
  * Policy: PKCE (S256, the only method oidc-provider 9 knows) is required of
  * every client; every refresh rotates the refresh token, and replaying a
@@ -52,11 +72,9 @@
  * offline_access + prompt=consent); tokens never expire with the login
  * session. Revoking an access or a refresh token (or replaying a code or
  * rotated refresh token) revokes every token of its grant. Authorization
- * responses carry `iss` (RFC 9207). Revocation
- * (RFC 7009, POST /token/revocation), introspection (POST
- * /token/introspection) and the device flow (POST /device/auth, user pages at
- * /device) are on; discovery at /.well-known/openid-configuration and
- * /.well-known/oauth-authorization-server.
+ * responses carry `iss` (RFC 9207). Revocation (RFC 7009), introspection
+ * and the device flow are on; discovery at /.well-known/openid-configuration
+ * and /.well-known/oauth-authorization-server.
  *
  * Access tokens are opaque. Without a `resource` parameter the token is for
  * the userinfo endpoint and carries the requested OIDC scopes (openid,
@@ -135,6 +153,17 @@ const accessTokenTtl = positiveIntFromEnv('ACCESS_TOKEN_TTL', 3600);
 const deviceInterval = positiveIntFromEnv('DEVICE_INTERVAL', undefined);
 const deny = process.env.DENY === '1';
 const autoApprove = process.env.AUTO_APPROVE === '1';
+const consentPage = process.env.CONSENT_PAGE === '1';
+const githubRoutes = process.env.GITHUB_ROUTES === '1';
+
+/** oidc-provider's paths, with GitHub's for the three endpoints GitHub has. */
+const ROUTES = {
+  authorization: githubRoutes ? '/login/oauth/authorize' : '/auth',
+  token: githubRoutes ? '/login/oauth/access_token' : '/token',
+  device_authorization: githubRoutes ? '/login/device/code' : '/device/auth',
+  revocation: '/token/revocation',
+  introspection: '/token/introspection',
+};
 
 function client(clientId, authMethod, secret) {
   return {
@@ -142,7 +171,7 @@ function client(clientId, authMethod, secret) {
     ...(secret === undefined ? {} : { client_secret: secret }),
     token_endpoint_auth_method: authMethod,
     application_type: 'native',
-    redirect_uris: ['http://127.0.0.1/callback'],
+    redirect_uris: ['http://127.0.0.1/callback', 'http://127.0.0.1/oauth/callback'],
     grant_types: GRANT_TYPES,
     response_types: ['code'],
     scope: SCOPES.join(' '),
@@ -161,6 +190,7 @@ function configuration() {
     clients: CLIENTS,
     scopes: SCOPES,
     responseTypes: ['code'],
+    routes: ROUTES,
     // Fresh per run: nothing of a previous run's cookies is accepted.
     cookies: { keys: [crypto.randomBytes(32).toString('base64url')] },
     async findAccount(_ctx, sub) {
@@ -201,15 +231,12 @@ function configuration() {
   };
 }
 
-/** Ends the interaction of this request as configured by DENY/AUTO_APPROVE. */
-async function interaction(provider, ctx) {
-  const details = await provider.interactionDetails(ctx.req, ctx.res);
+/** Finishes the interaction `details` of this request: approved as the test
+ * user with every requested scope and resource, or denied (`why` is the
+ * error_description). */
+async function finishInteraction(provider, ctx, details, approve, why) {
   let result;
-  let merge = true;
-  if (deny) {
-    result = { error: 'access_denied', error_description: 'the test server denies every request (DENY=1)' };
-    merge = false;
-  } else if (autoApprove) {
+  if (approve) {
     const { params, session } = details;
     const accountId = session?.accountId ?? TEST_USER;
     const grant = details.grantId
@@ -225,19 +252,83 @@ async function interaction(provider, ctx) {
     const grantId = await grant.save();
     result = { login: { accountId }, consent: { grantId } };
   } else {
-    ctx.status = 403;
-    ctx.type = 'text/html';
-    ctx.body = '<!DOCTYPE html><html><head><title>interaction refused</title></head>'
-      + '<body><h1>interaction refused</h1><p>start oauth_server.mjs with AUTO_APPROVE=1 or DENY=1</p></body></html>';
-    log(`interaction ${details.uid} (${details.prompt.name}): refused`);
-    return;
+    result = { error: 'access_denied', error_description: why };
   }
   const returnTo = await provider.interactionResult(ctx.req, ctx.res, result, {
-    mergeWithLastSubmission: merge,
+    mergeWithLastSubmission: approve,
   });
-  log(`interaction ${details.uid} (${details.prompt.name}): ${deny ? 'denied' : `approved as ${TEST_USER}`}`);
+  log(`interaction ${details.uid} (${details.prompt.name}): ${approve ? `approved as ${TEST_USER}` : 'denied'}`);
   ctx.redirect(returnTo);
   ctx.status = 303;
+}
+
+function escapeHtml(text) {
+  return String(text).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+}
+
+/** The page of CONSENT_PAGE=1: what is asked, and the two buttons. */
+function consentHtml(details) {
+  const { uid, params } = details;
+  const scopes = String(params.scope ?? '').split(' ').filter(Boolean);
+  const items = scopes.map((s) => `<li><code>${escapeHtml(s)}</code></li>`).join('');
+  return '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+    + '<title>Authorize access</title></head><body>'
+    + `<h1>Authorize ${escapeHtml(params.client_id)}</h1>`
+    + `<p>The application <strong id="client">${escapeHtml(params.client_id)}</strong> asks to act as `
+    + `<strong>${TEST_USER}</strong> with these scopes:</p><ul id="scopes">${items}</ul>`
+    + `<form method="post" action="/interaction/${escapeHtml(uid)}">`
+    + '<button type="submit" name="decision" value="approve">Approve</button> '
+    + '<button type="submit" name="decision" value="deny">Deny</button>'
+    + '</form></body></html>';
+}
+
+/** The `decision` field of a form-encoded POST body. */
+async function postedDecision(ctx) {
+  const chunks = [];
+  let size = 0;
+  for await (const chunk of ctx.req) {
+    size += chunk.length;
+    if (size > BODY_LIMIT) return undefined;
+    chunks.push(chunk);
+  }
+  return new URLSearchParams(Buffer.concat(chunks).toString('utf8')).get('decision') ?? undefined;
+}
+
+/** GET /interaction/:uid: the page (CONSENT_PAGE), or the configured outcome
+ * at once (DENY, AUTO_APPROVE), or 403. */
+async function interaction(provider, ctx) {
+  const details = await provider.interactionDetails(ctx.req, ctx.res);
+  if (consentPage) {
+    ctx.status = 200;
+    ctx.type = 'text/html';
+    ctx.set('Cache-Control', 'no-store');
+    ctx.body = consentHtml(details);
+    log(`interaction ${details.uid} (${details.prompt.name}): consent page shown`);
+    return;
+  }
+  if (deny || autoApprove) {
+    await finishInteraction(provider, ctx, details, !deny, 'the test server denies every request (DENY=1)');
+    return;
+  }
+  ctx.status = 403;
+  ctx.type = 'text/html';
+  ctx.body = '<!DOCTYPE html><html><head><title>interaction refused</title></head>'
+    + '<body><h1>interaction refused</h1><p>start oauth_server.mjs with AUTO_APPROVE=1, DENY=1 or CONSENT_PAGE=1</p></body></html>';
+  log(`interaction ${details.uid} (${details.prompt.name}): refused`);
+}
+
+/** POST /interaction/:uid (CONSENT_PAGE only): the person's decision. */
+async function interactionDecision(provider, ctx) {
+  const details = await provider.interactionDetails(ctx.req, ctx.res);
+  const decision = await postedDecision(ctx);
+  if (decision !== 'approve' && decision !== 'deny') {
+    ctx.status = 400;
+    ctx.type = 'text/html';
+    ctx.body = '<!DOCTYPE html><html><head><title>bad decision</title></head>'
+      + '<body><h1>bad decision</h1><p>decision must be approve or deny</p></body></html>';
+    return;
+  }
+  await finishInteraction(provider, ctx, details, decision === 'approve', 'the user denied the request');
 }
 
 /** Successful token-endpoint grants by grant_type, for GET /stats. */
@@ -277,7 +368,12 @@ async function protectedRoute(provider, ctx) {
 }
 
 /** The endpoints where clients authenticate. */
-const CLIENT_AUTH_PATHS = new Set(['/token', '/token/revocation', '/token/introspection', '/device/auth']);
+const CLIENT_AUTH_PATHS = new Set([
+  ROUTES.token,
+  ROUTES.revocation,
+  ROUTES.introspection,
+  ROUTES.device_authorization,
+]);
 const BODY_LIMIT = 56 * 1024;
 
 /** The client_id of an `Authorization: Basic` header (RFC 6749 2.3.1
@@ -358,10 +454,14 @@ function routes(provider) {
         await interaction(provider, ctx);
         return;
       }
+      if (/^\/interaction\/[^/]+$/.test(ctx.path) && ctx.method === 'POST' && consentPage) {
+        await interactionDecision(provider, ctx);
+        return;
+      }
       await next();
       if (
         deviceInterval !== undefined
-        && ctx.path === '/device/auth'
+        && ctx.path === ROUTES.device_authorization
         && ctx.status === 200
         && ctx.body
         && typeof ctx.body === 'object'
@@ -397,7 +497,8 @@ server.listen(requestedPort, HOST, () => {
   provider.on('grant.success', countGrant);
   server.on('request', provider.callback());
   log(`issuer ${issuer}, access token ttl ${accessTokenTtl}s, `
-    + `interactions ${deny ? 'denied' : autoApprove ? 'auto-approved' : 'refused'}`
+    + `interactions ${consentPage ? 'on a consent page' : deny ? 'denied' : autoApprove ? 'auto-approved' : 'refused'}`
+    + `${githubRoutes ? ', GitHub paths' : ''}`
     + `${deviceInterval === undefined ? '' : `, device interval ${deviceInterval}s`}`);
   process.stdout.write(`ISSUER=${issuer}\n`);
 });

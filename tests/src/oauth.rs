@@ -12,7 +12,9 @@
 //! registered authentication method (stricter than oidc-provider, which
 //! takes Basic and body secrets interchangeably); authorization responses
 //! carry `iss` (RFC 9207); device responses carry no `interval` unless
-//! [`OAuthOptions::device_interval_secs`] asks for one.
+//! [`OAuthOptions::device_interval_secs`] asks for one. With
+//! [`OAuthOptions::github_routes`] its endpoints sit at GitHub's paths, and
+//! with [`Interactions::ConsentPage`] a real browser approves on its page.
 //!
 //! Trust: test code only. A missing peer or a failed step aborts the test,
 //! hence `expect` and panics with the peer's own output.
@@ -40,6 +42,9 @@ pub const POST_CLIENT_SECRET: &str = "post-secret-8e2b71d4";
 /// (RFC 8252 loopback rule), and the token request must repeat exactly the
 /// one the authorization request used.
 pub const REDIRECT_URI: &str = "http://127.0.0.1/callback";
+/// The second redirect URI every client registered, the configuration UI's
+/// callback (`mcplexerctl ui`); any port may be added to it too.
+pub const UI_REDIRECT_URI: &str = "http://127.0.0.1/oauth/callback";
 /// The account every approved interaction logs in as (the tokens' `sub`).
 pub const TEST_USER: &str = "test-user";
 /// The scopes every client may ask for.
@@ -65,6 +70,12 @@ pub enum Interactions {
     /// Neither: the interaction page answers 403 "interaction refused", so
     /// no authorization can complete.
     Refuse,
+    /// `CONSENT_PAGE=1`: the interaction page is a real HTML page with an
+    /// "Approve" and a "Deny" button (a POST form); Approve finishes as
+    /// [`Interactions::AutoApprove`] does, Deny as [`Interactions::Deny`].
+    /// For a real browser: the cookie-keeping HTTP client of
+    /// [`browser_authorize`] does not press buttons.
+    ConsentPage,
 }
 
 /// How to start an [`OAuthServer`].
@@ -82,6 +93,13 @@ pub struct OAuthOptions {
     /// The port (0: one the OS picks). The server keeps everything in
     /// memory, so a restart on the same port forgets every grant.
     pub port: u16,
+    /// `GITHUB_ROUTES=1`: the authorization, token and device
+    /// authorization endpoints at GitHub's paths
+    /// (`/login/oauth/authorize`, `/login/oauth/access_token`,
+    /// `/login/device/code`) instead of `/auth`, `/token`, `/device/auth`,
+    /// so that the `github` provider template with `base_url` = the issuer
+    /// reaches this server. The endpoint methods below follow it.
+    pub github_routes: bool,
 }
 
 impl Default for OAuthOptions {
@@ -91,6 +109,7 @@ impl Default for OAuthOptions {
             interactions: Interactions::AutoApprove,
             device_interval_secs: None,
             port: 0,
+            github_routes: false,
         }
     }
 }
@@ -125,7 +144,8 @@ impl ClientAuth<'static> {
 /// `/token/revocation`, `/token/introspection`, `/device/auth`, `/device`
 /// (the user-code page), `/me` (userinfo) and `/protected` (200 with
 /// `{"sub", "client_id", "scope", "aud"}` for a live access token, 401
-/// otherwise).
+/// otherwise); with [`OAuthOptions::github_routes`], GitHub's paths for
+/// the first, second and fifth.
 ///
 /// Its stderr (an access log without query strings, interaction outcomes,
 /// token errors with oidc-provider's detail, revoked grants) is forwarded to
@@ -135,6 +155,7 @@ pub struct OAuthServer {
     pub issuer: String,
     /// The port it listens on.
     pub port: u16,
+    github_routes: bool,
     child: Child,
 }
 
@@ -167,6 +188,8 @@ impl OAuthServer {
             .env("ACCESS_TOKEN_TTL", options.access_ttl_secs.to_string())
             .env_remove("AUTO_APPROVE")
             .env_remove("DENY")
+            .env_remove("CONSENT_PAGE")
+            .env_remove("GITHUB_ROUTES")
             .env_remove("DEVICE_INTERVAL");
         match options.interactions {
             Interactions::AutoApprove => {
@@ -176,6 +199,12 @@ impl OAuthServer {
                 cmd.env("DENY", "1");
             }
             Interactions::Refuse => {}
+            Interactions::ConsentPage => {
+                cmd.env("CONSENT_PAGE", "1");
+            }
+        }
+        if options.github_routes {
+            cmd.env("GITHUB_ROUTES", "1");
         }
         if let Some(interval) = options.device_interval_secs {
             cmd.env("DEVICE_INTERVAL", interval.to_string());
@@ -231,6 +260,7 @@ impl OAuthServer {
             (Some(issuer), Some(port)) => OAuthServer {
                 issuer,
                 port,
+                github_routes: options.github_routes,
                 child,
             },
             _ => {
@@ -251,14 +281,28 @@ impl OAuthServer {
         format!("{}{path}", self.issuer)
     }
 
-    /// The authorization endpoint, `<issuer>/auth`.
+    /// The authorization endpoint, `<issuer>/auth` (GitHub's
+    /// `<issuer>/login/oauth/authorize` with github_routes).
     pub fn authorization_endpoint(&self) -> String {
-        self.url("/auth")
+        self.url(if self.github_routes {
+            "/login/oauth/authorize"
+        } else {
+            "/auth"
+        })
     }
 
-    /// The token endpoint, `<issuer>/token`.
+    /// The token endpoint, `<issuer>/token` (GitHub's
+    /// `<issuer>/login/oauth/access_token` with github_routes).
     pub fn token_endpoint(&self) -> String {
-        self.url("/token")
+        self.url(self.token_path())
+    }
+
+    fn token_path(&self) -> &'static str {
+        if self.github_routes {
+            "/login/oauth/access_token"
+        } else {
+            "/token"
+        }
     }
 
     /// The RFC 7009 revocation endpoint, `<issuer>/token/revocation`.
@@ -266,9 +310,14 @@ impl OAuthServer {
         self.url("/token/revocation")
     }
 
-    /// The RFC 8628 device authorization endpoint, `<issuer>/device/auth`.
+    /// The RFC 8628 device authorization endpoint, `<issuer>/device/auth`
+    /// (GitHub's `<issuer>/login/device/code` with github_routes).
     pub fn device_authorization_endpoint(&self) -> String {
-        self.url("/device/auth")
+        self.url(if self.github_routes {
+            "/login/device/code"
+        } else {
+            "/device/auth"
+        })
     }
 
     /// An authorization-code request URL (`response_type=code`, PKCE S256)
@@ -333,14 +382,14 @@ impl OAuthServer {
         )
     }
 
-    /// POSTs a token request (`/token`) with `fields`, authenticating as
+    /// POSTs a token request (to the token endpoint) with `fields`, authenticating as
     /// `auth`. Success: 200 with `access_token`, `token_type` (`Bearer`),
     /// `expires_in`, `refresh_token`, `scope` (and `id_token` with `openid`).
     /// Failure: 400 `{"error", "error_description"}` (`invalid_grant` hides
     /// its reason: the description is always "grant request is invalid"; the
     /// server's stderr has the detail), or 401 `invalid_client`.
     pub fn token(&self, auth: ClientAuth<'_>, fields: &[(&str, &str)]) -> HttpResponse {
-        self.post_form("/token", auth, fields)
+        self.post_form(self.token_path(), auth, fields)
     }
 
     /// Exchanges an authorization code (PKCE `code_verifier`).

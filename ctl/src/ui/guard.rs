@@ -17,6 +17,10 @@
 //!   carry `Origin` equal to this listener's origin and the session's CSRF
 //!   token in its form.
 //! * Every response forbids framing, inline script and style, and caching.
+//!
+//! Browsers send a cookie of 127.0.0.1 to every port there, so other local
+//! servers the browser visits see the session cookie too; it is useless to
+//! them, since only this uid's connections are served.
 
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -188,7 +192,10 @@ pub async fn check(State(ui): State<Arc<Ui>>, request: Request, next: Next) -> R
         (header::CONTENT_SECURITY_POLICY, CSP),
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
         (header::X_FRAME_OPTIONS, "DENY"),
-        (header::REFERRER_POLICY, "no-referrer"),
+        // Not no-referrer: Chromium then sends `Origin: null` on the UI's
+        // own form posts, which the Origin check must refuse. Same-origin
+        // still sends nothing to the provider or any other site.
+        (header::REFERRER_POLICY, "same-origin"),
         (header::CACHE_CONTROL, "no-store"),
     ] {
         headers.insert(name, HeaderValue::from_static(value));

@@ -116,6 +116,11 @@ fn router(ui: Arc<Ui>) -> Router {
         .route("/", get(|| async { Redirect::to("/scopes") }))
         .route("/static/style.css", get(style))
         .route("/static/app.js", get(script))
+        // Browsers ask for it on every page; there is none.
+        .route(
+            "/favicon.ico",
+            get(|| async { axum::http::StatusCode::NO_CONTENT }),
+        )
         .route("/scopes", get(scopes::list).post(scopes::create))
         .route("/scopes/new", get(scopes::new))
         .route("/scopes/{id}", get(scopes::show))

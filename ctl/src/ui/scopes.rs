@@ -160,6 +160,12 @@ pub async fn new(
     let template = field(query.as_bytes(), "template")
         .map(|t| t.to_string())
         .unwrap_or_default();
+    // A template is for an oauth2 scope: one "Choose" is enough.
+    let kind = if template.is_empty() {
+        kind
+    } else {
+        "oauth2".to_owned()
+    };
     let body = new_form(&ui, &csrf, &kind, &template, None, "").await?;
     Ok(html::page("Add Auth Scope", Section::Scopes, None, &body).into_response())
 }
@@ -201,11 +207,13 @@ async fn new_form(
     body.push_str(&format!(
         "<form method=\"get\" action=\"/scopes/new\" class=\"inline\">{}{}<button type=\"submit\">Choose</button></form>",
         select("type", "Type", &kinds, kind, ""),
-        if kind == "oauth2" {
-            select("template", "Provider template", &template_options, template, "")
-        } else {
-            String::new()
-        }
+        select(
+            "template",
+            "Provider template (oauth2)",
+            &template_options,
+            template,
+            ""
+        )
     ));
     let mut fields = format!(
         "<input type=\"hidden\" name=\"type\" value=\"{}\">",

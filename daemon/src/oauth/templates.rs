@@ -99,10 +99,12 @@ pub const TEMPLATES: &[Template] = &[
         extra_auth_params: &[],
         token_headers: &[],
         params: &[BASE_URL_GITHUB],
-        notes: "Register http://127.0.0.1/callback as the callback URL (any loopback port is \
-                accepted). The device flow must be enabled in the app's settings. OAuth App \
-                tokens do not expire; GitHub App user tokens last 8 h and are refreshed. \
-                `auth revoke` deletes the token here only: revoke it at GitHub too.",
+        notes: "Register the provider's redirect URI as the callback URL: \
+                http://127.0.0.1/callback unless it names another (the web UI's providers use \
+                http://127.0.0.1/oauth/callback); any loopback port is accepted. The device \
+                flow must be enabled in the app's settings. OAuth App tokens do not expire; \
+                GitHub App user tokens last 8 h and are refreshed. `auth revoke` deletes the \
+                token here only: revoke it at GitHub too.",
         docs: &[
             "https://docs.github.com/en/apps/oauth-apps/building-oauth-apps/authorizing-oauth-apps",
             "https://docs.github.com/en/apps/creating-github-apps/authenticating-with-a-github-app/refreshing-user-access-tokens",
@@ -135,8 +137,9 @@ pub const TEMPLATES: &[Template] = &[
             default: "https://gitlab.com",
             help: "a self-managed instance: https://gitlab.example.com",
         }],
-        notes: "Register http://127.0.0.1/callback (loopback IP literals match any port). \
-                Access tokens last 2 h and every refresh rotates both tokens. Without a \
+        notes: "Register the provider's redirect URI: http://127.0.0.1/callback unless it \
+                names another (the web UI's providers use http://127.0.0.1/oauth/callback); \
+                loopback IP literals match any port. Access tokens last 2 h and every refresh rotates both tokens. Without a \
                 client secret, untick Confidential when registering.",
         docs: &[
             "https://docs.gitlab.com/api/oauth2/",

@@ -27,3 +27,4 @@ mod secrets;
 mod seed;
 mod smoke;
 mod ui;
+mod ui_browser;

@@ -453,3 +453,30 @@ fn the_audit_tail_streams_new_records() {
     }
     assert!(seen.contains("event: record"), "{seen}");
 }
+
+#[test]
+fn objects_from_yaml_are_shown_read_only_with_their_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        "auth_scopes:\n  - {id: from-yaml, name: From YAML, type: env}\n",
+    )
+    .unwrap();
+    let vault = Vault::start_with(VaultOptions {
+        config: Some(config),
+        ..VaultOptions::default()
+    });
+    let ui = UiProcess::start(&vault);
+    let cookie = ui.sign_in();
+    let list = get(&ui, "/scopes", Some(&cookie));
+    assert!(list.body.contains("from YAML (read-only)"), "{list:?}");
+    let page = get(&ui, "/scopes/from-yaml", Some(&cookie));
+    assert!(
+        page.body.contains("defined in the YAML configuration"),
+        "{page:?}"
+    );
+    assert!(!page.body.contains("/scopes/from-yaml/delete"), "{page:?}");
+    // Its values are not part of the YAML: they are set here.
+    assert!(page.body.contains("/scopes/from-yaml/secrets"), "{page:?}");
+}
