@@ -555,10 +555,11 @@ pub enum IdentityCommand {
     /// the identity is sealed, asks for the passphrase to seal the new one
     /// with (which may differ from the old one).
     Rotate,
-    /// Seal the vault's identity file with a passphrase (age scrypt): from
-    /// its next start the vault is sealed, releasing nothing until an
-    /// administrator runs `mcplexerctl unlock`. The passphrase is asked
-    /// twice without echo, or read from stdin.
+    /// Replace the vault's identity with a new one sealed with a passphrase
+    /// (age scrypt), re-encrypting everything to it: from its next start
+    /// the vault is sealed, releasing nothing until an administrator runs
+    /// `mcplexerctl unlock`. The passphrase is asked twice without echo, or
+    /// read from stdin.
     Seal,
 }
 

@@ -167,7 +167,6 @@ fn prepare_state_dir(dir: &Path, uid: u32) -> Result<(), StartError> {
     for (name, what) in [
         ("identity.txt", "identity"),
         ("identity.next.txt", "identity"),
-        ("identity.sealing.txt", "identity"),
         ("vault.db", "database"),
         ("vault.db-wal", "database"),
         ("vault.db-shm", "database"),

@@ -29,9 +29,32 @@ pub fn install(from: &Path, to: &Path) -> std::io::Result<()> {
 
 /// Rotates the identity; returns the new recipient and how many ciphertexts
 /// were re-encrypted. When the identity file is sealed, the new one is
-/// sealed with `passphrase`, which is then required.
+/// sealed with `passphrase`, which is then required; otherwise a
+/// passphrase is refused (`identity seal` seals).
 pub async fn rotate(shared: &Shared, passphrase: Zeroizing<Vec<u8>>) -> Result<(String, u64)> {
     let _one_at_a_time = shared.rotation.lock().await;
+    let sealed = shared.identity_sealed.load(Ordering::SeqCst);
+    match (sealed, passphrase.is_empty()) {
+        (true, true) => Err(VaultError::invalid(
+            "the identity is sealed, so its successor must be too: give the passphrase to seal it with",
+        )),
+        (false, false) => Err(VaultError::Invalid {
+            message: "the identity is not sealed, so a passphrase has nothing to seal".into(),
+            fix: Some("mcplexerctl identity seal (it also rotates)".into()),
+        }),
+        (true, false) => rotate_locked(shared, Some(passphrase)).await,
+        (false, true) => rotate_locked(shared, None).await,
+    }
+}
+
+/// The rotation itself, with the rotation lock held: a new identity
+/// (sealed with `seal_with` when given) written beside the current one,
+/// every ciphertext re-encrypted to it in one transaction, then the file
+/// renamed into place.
+pub(crate) async fn rotate_locked(
+    shared: &Shared,
+    seal_with: Option<Zeroizing<Vec<u8>>>,
+) -> Result<(String, u64)> {
     let IdentityOrigin::StateDir(current) = &shared.info.identity else {
         return Err(VaultError::FailedPrecondition {
             message: format!(
@@ -41,6 +64,13 @@ pub async fn rotate(shared: &Shared, passphrase: Zeroizing<Vec<u8>>) -> Result<(
             fix: None,
         });
     };
+    if let Some(passphrase) = &seal_with {
+        crate::seal::check_new_passphrase(passphrase)?;
+    }
+    // Nothing can be re-encrypted while sealed; say so before any work.
+    if shared.store.keyring().is_sealed() {
+        return Err(VaultError::Sealed);
+    }
     let pending = pending_path(&shared.info.state_dir);
     if pending.exists() {
         // Left by a rotation that failed before its commit: the database is
@@ -49,22 +79,6 @@ pub async fn rotate(shared: &Shared, passphrase: Zeroizing<Vec<u8>>) -> Result<(
         std::fs::remove_file(&pending)
             .map_err(|e| VaultError::io(format!("cannot remove {}", pending.display()), e))?;
     }
-    let seal_with = if shared.identity_sealed.load(Ordering::SeqCst) {
-        if passphrase.is_empty() {
-            return Err(VaultError::invalid(
-                "the identity is sealed, so its successor must be too: give the passphrase to seal it with",
-            ));
-        }
-        crate::seal::check_new_passphrase(&passphrase)?;
-        // Nothing can be re-encrypted while sealed; say so before the
-        // scrypt work.
-        if shared.store.keyring().is_sealed() {
-            return Err(VaultError::Sealed);
-        }
-        Some(passphrase)
-    } else {
-        None
-    };
     let next = Arc::new(Keyring::generate()?);
     write_identity_file(&next, &pending, seal_with.as_ref().map(|p| p.as_slice()))?;
     let job_keyring = next.clone();

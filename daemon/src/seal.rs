@@ -1,5 +1,6 @@
 //! Sealed identities: `unlock` opens a vault started from a passphrase-sealed
-//! identity file, `identity seal` seals the vault-managed file in place.
+//! identity file, `identity seal` replaces the vault-managed identity by a
+//! new, sealed one.
 //!
 //! While sealed, the store's keyring holds only the recipient: encryption
 //! works, every decryption fails with `VAULT_SEALED` and the command that
@@ -16,7 +17,7 @@ use zeroize::Zeroizing;
 
 use crate::error::{Result, VaultError};
 use crate::service::Shared;
-use crate::vault::{IdentityOrigin, seal_identity_file};
+use crate::vault::IdentityOrigin;
 
 /// The shortest passphrase `identity seal` and `identity rotate` accept.
 pub const MIN_PASSPHRASE_CHARS: usize = 8;
@@ -61,9 +62,17 @@ pub async fn unlock(shared: &Shared, passphrase: Zeroizing<Vec<u8>>) -> Result<(
     Ok((true, recipient))
 }
 
-/// Seals the vault-managed identity file with `passphrase`. The running
-/// vault stays open; from its next start it is sealed.
-pub async fn seal(shared: &Shared, passphrase: Zeroizing<Vec<u8>>) -> Result<PathBuf> {
+/// Seals the vault-managed identity: a new identity, sealed with
+/// `passphrase` from the moment it is written, replaces the open one, and
+/// every ciphertext is re-encrypted to it (a rotation). Wrapping the old key
+/// instead would leave it usable wherever a copy of the open file survives
+/// (freed disk blocks, snapshots, backups). The running vault stays open;
+/// from its next start it is sealed. Returns the file, the new recipient
+/// and how many ciphertexts were re-encrypted.
+pub async fn seal(
+    shared: &Shared,
+    passphrase: Zeroizing<Vec<u8>>,
+) -> Result<(PathBuf, String, u64)> {
     let _one_at_a_time = shared.rotation.lock().await;
     let IdentityOrigin::StateDir(path) = &shared.info.identity else {
         return Err(VaultError::FailedPrecondition {
@@ -82,13 +91,8 @@ pub async fn seal(shared: &Shared, passphrase: Zeroizing<Vec<u8>>) -> Result<Pat
             ),
         });
     }
-    check_new_passphrase(&passphrase)?;
-    let keyring = shared.store.keyring();
-    let (file, target) = (path.clone(), path.clone());
-    tokio::task::spawn_blocking(move || seal_identity_file(&keyring, &file, &passphrase))
-        .await
-        .map_err(|_| VaultError::Unavailable)??;
+    let (recipient, count) = crate::rotate::rotate_locked(shared, Some(passphrase)).await?;
     shared.identity_sealed.store(true, Ordering::SeqCst);
-    tracing::info!(path = %target.display(), "identity sealed; the vault starts sealed from now on");
-    Ok(target)
+    tracing::info!(path = %path.display(), %recipient, "identity replaced by a sealed one; the vault starts sealed from now on");
+    Ok((path.clone(), recipient, count))
 }

@@ -37,11 +37,16 @@ pub async fn accept_own(
                 continue;
             }
         };
-        let owner = io
-            .local_addr()
-            .and_then(|local| tcp_peer_uid(local, addr))
-            .ok()
-            .flatten();
+        // Reading /proc/net/tcp{,6} is blocking file I/O (a few tables,
+        // read again on a miss): off the async workers.
+        let owner = match io.local_addr() {
+            Ok(local) => tokio::task::spawn_blocking(move || tcp_peer_uid(local, addr))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .flatten(),
+            Err(_) => None,
+        };
         if owner == Some(me) {
             return (io, addr);
         }

@@ -175,9 +175,13 @@ pub async fn identity(ctx: &mut Ctx, cmd: IdentityCommand) -> Result<(), Failure
             if ctx.json {
                 return output::json(&response);
             }
+            let mut f = Fields::new();
+            f.add("path", &response.path)
+                .add("recipient", &response.recipient)
+                .add("reencrypted", response.reencrypted);
+            f.print()?;
             ctx.note(format_args!(
-                "sealed {}; the vault starts sealed from its next start, until `mcplexerctl unlock`",
-                response.path
+                "the vault starts sealed from its next start, until `mcplexerctl unlock`"
             ));
             Ok(())
         }

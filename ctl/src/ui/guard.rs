@@ -34,8 +34,11 @@ use zeroize::Zeroizing;
 use super::Ui;
 use super::html::{Notice, error_page};
 
-/// The session cookie's name.
-const COOKIE: &str = "mcplexer_ui";
+/// The session cookie's name, before the port: cookies of 127.0.0.1 go to
+/// every port there, so each listener has a name of its own, and a cookie
+/// another local server sets under the same name cannot shadow it (every
+/// value sent under the name is tried).
+const COOKIE: &str = "mcplexer_ui_";
 
 /// The largest form accepted (secret values are at most 1 MiB).
 pub const MAX_FORM: usize = 2 << 20;
@@ -52,6 +55,8 @@ struct Session {
 
 /// The token, the session and the names this listener answers to.
 pub struct Guard {
+    /// The session cookie's name.
+    cookie: String,
     hosts: Vec<String>,
     origins: Vec<String>,
     login: Mutex<Option<Zeroizing<String>>>,
@@ -62,29 +67,46 @@ pub struct Guard {
 #[derive(Clone)]
 pub struct Csrf(pub Arc<str>);
 
-/// A posted form's body, read and checked by the guard, wiped when the
-/// last handler lets go of it. (Hyper's own receive buffer is beyond
-/// reach.)
+/// A posted form, read and checked by the guard and parsed once: every
+/// value, the secret ones included, is held in a wiping buffer and wiped
+/// when the last handler lets go of it. (Hyper's own receive buffers are
+/// beyond reach.)
 #[derive(Clone)]
-pub struct Form(pub Arc<Zeroizing<Vec<u8>>>);
+pub struct Form(Arc<Vec<(String, Zeroizing<String>)>>);
 
 impl Form {
-    /// The value of `key`, if the form has it.
-    pub fn get(&self, key: &str) -> Option<Zeroizing<String>> {
-        field(&self.0, key)
+    /// Parses a form body; each decoded value goes straight into its wiping
+    /// buffer.
+    fn parse(body: &[u8]) -> Self {
+        Self(Arc::new(
+            url::form_urlencoded::parse(body)
+                .map(|(k, v)| (k.into_owned(), Zeroizing::new(v.into_owned())))
+                .collect(),
+        ))
     }
 
-    /// The value of `key`, trimmed, or empty.
+    /// The value of `key`, if the form has it.
+    pub fn get(&self, key: &str) -> Option<Zeroizing<String>> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+    }
+
+    /// The value of `key`, trimmed, or empty. For fields that hold no
+    /// secret: the copy is not wiped.
     pub fn text(&self, key: &str) -> String {
-        self.get(key)
-            .map(|v| v.trim().to_owned())
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.trim().to_owned())
             .unwrap_or_default()
     }
 
-    /// The fields named `prefix` + NAME, as (NAME, value trimmed). Only
-    /// those are copied out (a secret field elsewhere in the form is not).
+    /// The fields named `prefix` + NAME, as (NAME, value trimmed).
     pub fn with_prefix(&self, prefix: &str) -> Vec<(String, String)> {
-        url::form_urlencoded::parse(&self.0)
+        self.0
+            .iter()
             .filter_map(|(k, v)| {
                 k.strip_prefix(prefix)
                     .map(|name| (name.to_owned(), v.trim().to_owned()))
@@ -106,6 +128,7 @@ impl Guard {
         let token = random_token()?;
         Ok((
             Self {
+                cookie: format!("{COOKIE}{port}"),
                 hosts,
                 origins,
                 login: Mutex::new(Some(token.clone())),
@@ -164,15 +187,15 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// The value of cookie `name` in the request's `Cookie` headers.
-fn cookie<'a>(headers: &'a axum::http::HeaderMap, name: &str) -> Option<&'a str> {
+/// Every value of cookie `name` in the request's `Cookie` headers.
+fn cookies<'a>(headers: &'a axum::http::HeaderMap, name: &'a str) -> impl Iterator<Item = &'a str> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(k, _)| *k == name)
+        .filter(move |(k, _)| *k == name)
         .map(|(_, v)| v)
 }
 
@@ -238,7 +261,8 @@ async fn decide(ui: &Ui, request: Request, next: Next) -> Response {
         };
         let mut response = Redirect::to("/scopes").into_response();
         if let Ok(value) = HeaderValue::from_str(&format!(
-            "{COOKIE}={}; HttpOnly; SameSite=Strict; Path=/",
+            "{}={}; HttpOnly; SameSite=Strict; Path=/",
+            guard.cookie,
             id.as_str()
         )) {
             response.headers_mut().insert(header::SET_COOKIE, value);
@@ -248,7 +272,8 @@ async fn decide(ui: &Ui, request: Request, next: Next) -> Response {
     if path == "/oauth/callback" && reads {
         return next.run(request).await;
     }
-    let Some(csrf) = cookie(request.headers(), COOKIE).and_then(|c| guard.session_csrf(c)) else {
+    let Some(csrf) = cookies(request.headers(), &guard.cookie).find_map(|c| guard.session_csrf(c))
+    else {
         return refuse(
             StatusCode::UNAUTHORIZED,
             "Not signed in",
@@ -273,15 +298,22 @@ async fn decide(ui: &Ui, request: Request, next: Next) -> Response {
         );
     }
     let (parts, body) = request.into_parts();
-    let Ok(bytes) = axum::body::to_bytes(body, MAX_FORM).await else {
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(0);
+    let Some(bytes) = read_body(body, declared).await else {
         return refuse(
             StatusCode::PAYLOAD_TOO_LARGE,
             "Refused",
-            "The form is too large. Nothing was changed.",
+            "The form is too large or was cut short. Nothing was changed.",
         );
     };
-    let bytes = Zeroizing::new(bytes.to_vec());
-    let sent = field(&bytes, "csrf");
+    let form = Form::parse(&bytes);
+    drop(bytes);
+    let sent = form.get("csrf");
     if !sent.is_some_and(|s| same(s.as_bytes(), csrf.as_bytes())) {
         return refuse(
             StatusCode::FORBIDDEN,
@@ -291,8 +323,31 @@ async fn decide(ui: &Ui, request: Request, next: Next) -> Response {
     }
     let mut request = Request::from_parts(parts, Body::empty());
     request.extensions_mut().insert(Csrf(csrf));
-    request.extensions_mut().insert(Form(Arc::new(bytes)));
+    request.extensions_mut().insert(form);
     next.run(request).await
+}
+
+/// Reads a body of at most [`MAX_FORM`] bytes into a wiping buffer sized
+/// from its `Content-Length`; a buffer that must grow anyway is copied by
+/// hand, so no stale copy of a secret is left in freed memory.
+async fn read_body(body: Body, declared: usize) -> Option<Zeroizing<Vec<u8>>> {
+    use tokio_stream::StreamExt;
+    let mut buf = Zeroizing::new(Vec::with_capacity(declared.min(MAX_FORM)));
+    let mut chunks = body.into_data_stream();
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk.ok()?;
+        let needed = buf.len() + chunk.len();
+        if needed > MAX_FORM {
+            return None;
+        }
+        if needed > buf.capacity() {
+            let mut bigger = Zeroizing::new(Vec::with_capacity(needed.max(2 * buf.capacity())));
+            bigger.extend_from_slice(&buf);
+            buf = bigger;
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Some(buf)
 }
 
 fn refuse(status: StatusCode, title: &str, message: &str) -> Response {
@@ -320,9 +375,10 @@ mod tests {
         let mut headers = axum::http::HeaderMap::new();
         headers.append(
             header::COOKIE,
-            HeaderValue::from_static("a=1; mcplexer_ui=xyz"),
+            HeaderValue::from_static("mcplexer_ui_1=tossed; a=1; mcplexer_ui_1=xyz"),
         );
-        assert_eq!(cookie(&headers, COOKIE), Some("xyz"));
-        assert_eq!(cookie(&headers, "b"), None);
+        let found: Vec<&str> = cookies(&headers, "mcplexer_ui_1").collect();
+        assert_eq!(found, ["tossed", "xyz"]);
+        assert_eq!(cookies(&headers, "b").next(), None);
     }
 }

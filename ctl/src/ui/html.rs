@@ -172,6 +172,7 @@ pub fn form(action: &str, csrf: &str, fields: &str, label: &str, class: &str) ->
 
 /// A labelled text input.
 pub fn input(name: &str, label: &str, value: &str, attrs: &str, help: &str) -> String {
+    let name = esc(name);
     let help_html = if help.is_empty() {
         String::new()
     } else {
@@ -197,6 +198,7 @@ pub fn select(
     selected: &str,
     attrs: &str,
 ) -> String {
+    let name = esc(name);
     let mut html = format!(
         "<label for=\"{name}\">{}</label><select id=\"{name}\" name=\"{name}\" {attrs}>",
         esc(label)

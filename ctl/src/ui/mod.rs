@@ -77,7 +77,11 @@ pub async fn run(ctx: &mut Ctx, args: UiArgs) -> Result<(), Failure> {
         .map_err(|e| Failure::Local(anyhow::Error::new(e)))?;
     let (guard, token) = guard::Guard::new(addr)
         .map_err(|e| Failure::Local(anyhow::anyhow!("cannot make a sign-in token: {e}")))?;
-    let url = format!("http://{}/login?token={}", guard.host(), token.as_str());
+    let url = zeroize::Zeroizing::new(format!(
+        "http://{}/login?token={}",
+        guard.host(),
+        token.as_str()
+    ));
     let ui = Arc::new(Ui {
         channel,
         guard,
@@ -86,14 +90,15 @@ pub async fn run(ctx: &mut Ctx, args: UiArgs) -> Result<(), Failure> {
     // The link goes to this terminal only: anyone holding it could sign in
     // once, as this user.
     println!(
-        "MCPlexer UI at http://{}/ — sign in (works once): {url}",
-        ui.guard.host()
+        "MCPlexer UI at http://{}/ — sign in (works once): {}",
+        ui.guard.host(),
+        url.as_str()
     );
     eprintln!("Stop it with Ctrl-C.");
     let opened = if args.no_browser {
         None
     } else {
-        Some(open_browser(&url))
+        Some(open_browser(url.as_str()))
     };
     if let Some(Err(why)) = &opened {
         eprintln!("cannot open a browser ({why}); open the link above yourself");
@@ -182,7 +187,7 @@ fn open_browser(url: &str) -> Result<std::path::PathBuf, String> {
         .filter(|d| d.is_absolute())
         .unwrap_or_else(std::env::temp_dir);
     let path = dir.join(format!("mcplexer-ui-{}.html", std::process::id()));
-    let escaped = html::esc(url);
+    let escaped = zeroize::Zeroizing::new(html::esc(url));
     std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -191,7 +196,8 @@ fn open_browser(url: &str) -> Result<std::path::PathBuf, String> {
         .and_then(|mut f| {
             writeln!(
                 f,
-                "<!doctype html><meta charset=utf-8><meta http-equiv=refresh content=\"0;url={escaped}\"><a href=\"{escaped}\">Open the MCPlexer UI</a>"
+                "<!doctype html><meta charset=utf-8><meta http-equiv=refresh content=\"0;url={0}\"><a href=\"{0}\">Open the MCPlexer UI</a>",
+                escaped.as_str()
             )
         })
         .map_err(|e| format!("cannot write {}: {e}", path.display()))?;

@@ -705,9 +705,11 @@ impl Admin for AdminService {
         self.0
             .audit_outcome(&caller, "Admin/SealIdentity", &result, true)
             .await;
-        let path = result?;
+        let (path, recipient, reencrypted) = result?;
         ok(pb::SealIdentityResponse {
             path: path.display().to_string(),
+            recipient,
+            reencrypted,
         })
     }
 }

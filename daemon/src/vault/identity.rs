@@ -43,6 +43,9 @@ impl IdentityOrigin {
 /// The first line of an ASCII-armored age file.
 const ARMOR_BEGIN: &str = "-----BEGIN AGE ENCRYPTED FILE-----";
 
+/// The highest scrypt work factor (log2 N) an unlock accepts.
+const MAX_SCRYPT_LOG_N: u8 = 22;
+
 /// The comment that names a sealed file's public key.
 const PUBLIC_KEY_COMMENT: &str = "# public key: ";
 
@@ -172,12 +175,16 @@ impl Keyring {
                 "the sealed identity is not passphrase-encrypted".into(),
             ));
         }
-        let identity = age::scrypt::Identity::new(passphrase);
+        let mut identity = age::scrypt::Identity::new(passphrase);
+        // age's own cap (about 16 s of work on this host) would refuse a file
+        // sealed on a faster one; the file is the vault's own, in its
+        // private state directory, so a fixed cap (2^22, 4 GiB) is enough.
+        identity.set_max_work_factor(MAX_SCRYPT_LOG_N);
         let mut reader = match decryptor.decrypt(std::iter::once(&identity as &dyn age::Identity)) {
             Ok(reader) => reader,
             Err(age::DecryptError::ExcessiveWork { required, target }) => {
                 return Err(VaultError::Crypto(format!(
-                    "the sealed identity needs scrypt work factor {required}, over this host's limit ({target} + 4)"
+                    "the sealed identity needs scrypt work factor {required} (this host would choose {target}), over the limit of {MAX_SCRYPT_LOG_N}"
                 )));
             }
             Err(_) => {
@@ -186,9 +193,7 @@ impl Keyring {
                 ));
             }
         };
-        let mut text = Zeroizing::new(String::new());
-        reader
-            .read_to_string(&mut text)
+        let text = read_private(&mut reader)
             .map_err(|e| VaultError::Crypto(format!("the sealed identity is corrupt: {e}")))?;
         let open = Self::parse_open(&text, Path::new("(sealed identity)"))?;
         if open.recipient != self.recipient {
@@ -305,39 +310,30 @@ pub fn write_identity_file(
     write().map_err(|e| VaultError::io(format!("cannot write identity {}", path.display()), e))
 }
 
-/// Replaces the open identity file at `path` with `keyring` sealed by
-/// `passphrase`: written beside it, synced, then renamed over it, so a crash
-/// leaves one whole file or the other.
-pub fn seal_identity_file(keyring: &Keyring, path: &Path, passphrase: &[u8]) -> Result<()> {
-    let next = path.with_extension("sealing.txt");
-    match std::fs::remove_file(&next) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => {
-            return Err(VaultError::io(
-                format!("cannot remove {}", next.display()),
-                e,
-            ));
-        }
+/// The most an identity file may hold: an identity is under 200 bytes, a
+/// sealed one under 1 KiB.
+const MAX_IDENTITY_FILE: usize = 64 << 10;
+
+/// Reads all of `reader` (at most [`MAX_IDENTITY_FILE`]) into a buffer
+/// reserved up front, so that no partial copy of a key is left behind in
+/// memory freed by a growing buffer.
+fn read_private(reader: impl Read) -> std::io::Result<Zeroizing<String>> {
+    let mut text = Zeroizing::new(String::with_capacity(MAX_IDENTITY_FILE + 1));
+    reader
+        .take(MAX_IDENTITY_FILE as u64 + 1)
+        .read_to_string(&mut text)?;
+    if text.len() > MAX_IDENTITY_FILE {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {MAX_IDENTITY_FILE} bytes: not an identity file"),
+        ));
     }
-    write_identity_file(keyring, &next, Some(passphrase))?;
-    let install = || -> std::io::Result<()> {
-        std::fs::rename(&next, path)?;
-        if let Some(dir) = path.parent() {
-            File::open(dir)?.sync_all()?;
-        }
-        Ok(())
-    };
-    install().map_err(|e| {
-        let _ = std::fs::remove_file(&next);
-        VaultError::io(format!("cannot replace {}", path.display()), e)
-    })
+    Ok(text)
 }
 
 fn read_identity(path: &Path) -> Result<Keyring> {
-    let mut text = Zeroizing::new(String::new());
-    File::open(path)
-        .and_then(|mut f| f.read_to_string(&mut text))
+    let text = File::open(path)
+        .and_then(read_private)
         .map_err(|e| VaultError::io(format!("cannot read identity {}", path.display()), e))?;
     Keyring::parse(&text, path)
 }
@@ -422,13 +418,11 @@ mod tests {
         let keyring = Keyring::generate().unwrap();
         let ct = keyring.encrypt(b"hunter2").unwrap();
         let path = dir.path().join("identity.txt");
-        write_identity_file(&keyring, &path, None).unwrap();
-        seal_identity_file(&keyring, &path, b"correct horse").unwrap();
+        write_identity_file(&keyring, &path, Some(b"correct horse")).unwrap();
 
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(!text.contains("AGE-SECRET-KEY-1"));
         assert!(text.contains(&keyring.recipient()));
-        assert!(!dir.path().join("identity.sealing.txt").exists());
 
         let sealed = read_identity(&path).unwrap();
         assert!(sealed.is_sealed());

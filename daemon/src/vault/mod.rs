@@ -13,7 +13,5 @@ pub mod locked;
 mod secrets;
 
 pub(crate) use identity::read_if_exists;
-pub use identity::{
-    IdentityOrigin, Keyring, load_or_generate, seal_identity_file, write_identity_file,
-};
+pub use identity::{IdentityOrigin, Keyring, load_or_generate, write_identity_file};
 pub use secrets::SecretMap;

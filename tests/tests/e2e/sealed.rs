@@ -1,5 +1,6 @@
-//! Sealed identities, end to end: `identity seal` rewrites identity.txt
-//! sealed with a passphrase (no key left in it); the vault restarted on it
+//! Sealed identities, end to end: `identity seal` replaces identity.txt by
+//! a new identity sealed with a passphrase (no key left in the file, a new
+//! recipient, every value re-encrypted); the vault restarted on it
 //! is sealed — status says so, a credential release and a secret write fail
 //! with VAULT_SEALED and the fix `mcplexerctl unlock`, and the release is
 //! audited as an error; a user may not unlock; a wrong passphrase is
@@ -83,7 +84,7 @@ fn identity_text(vault: &Vault) -> String {
 fn sealed_vault_refuses_until_unlocked_and_audits_every_attempt() {
     let mut vault = setup();
     assert_eq!(released(&vault), VALUE);
-    let recipient = status(&vault)["recipient"].as_str().unwrap().to_owned();
+    let open_recipient = status(&vault)["recipient"].as_str().unwrap().to_owned();
 
     // Too short a passphrase is refused; nothing changes.
     let short = vault.ctl_input(["identity", "seal"], b"short\n");
@@ -91,9 +92,17 @@ fn sealed_vault_refuses_until_unlocked_and_audits_every_attempt() {
     assert!(short.stderr.contains("at least 8"), "{short:#?}");
     assert!(identity_text(&vault).contains("AGE-SECRET-KEY-1"));
 
-    vault
-        .ctl_input(["identity", "seal"], format!("{PASSPHRASE}\n").as_bytes())
-        .ok();
+    let sealed = vault
+        .ctl_input(
+            ["--json", "identity", "seal"],
+            format!("{PASSPHRASE}\n").as_bytes(),
+        )
+        .json();
+    // A new key: the old, open one decrypts nothing any more.
+    let recipient = sealed["recipient"].as_str().unwrap().to_owned();
+    assert_ne!(recipient, open_recipient);
+    assert_eq!(sealed["reencrypted"], 1, "{sealed}");
+    assert_eq!(status(&vault)["recipient"], recipient.as_str());
     let text = identity_text(&vault);
     assert!(!text.contains("AGE-SECRET-KEY-1"), "{text}");
     assert!(
