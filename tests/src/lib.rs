@@ -299,6 +299,25 @@ impl Vault {
             .expect("connect")
     }
 
+    /// Creates downstream server `id` (named `name`), on stdio, whose
+    /// command is `/bin/true`: for tests of credential release and routing
+    /// that never start it.
+    pub fn create_stdio_server(&self, id: &str, name: &str) {
+        self.ctl([
+            "server",
+            "create",
+            "--id",
+            id,
+            "--name",
+            name,
+            "--transport",
+            "stdio",
+            "--command",
+            "/bin/true",
+        ])
+        .ok();
+    }
+
     /// Writes `text` to a file in the temporary tree; returns its path.
     pub fn write_file(&self, name: &str, text: &str) -> PathBuf {
         let path = self.root.path().join(name);

@@ -56,7 +56,6 @@ pub async fn list(
 
 async fn body(ui: &Ui, csrf: &str, previous: Option<&Form>) -> Result<String, Response> {
     let mut admin = ui.admin();
-    let error = vault_error("Routes");
     let routes = admin
         .list_routes(ListRequest {})
         .await
@@ -72,7 +71,7 @@ async fn body(ui: &Ui, csrf: &str, previous: Option<&Form>) -> Result<String, Re
     let scopes = admin
         .list_scopes(ListRequest {})
         .await
-        .map_err(error)?
+        .map_err(vault_error("Routes"))?
         .into_inner()
         .scopes;
     let transport: HashMap<&str, &str> = servers

@@ -17,6 +17,7 @@ use zeroize::Zeroizing;
 use super::guard::{Csrf, Form, field};
 use super::html::{self, Notice, Section, badge, esc, form, input, select, table, url_part};
 use super::{Page, Ui, providers, see_other, vault_error};
+use crate::time::now_ms;
 
 /// How long before expiry a valid token shows as "expires soon".
 const SOON_MS: i64 = 10 * 60 * 1000;
@@ -50,12 +51,6 @@ pub fn oauth_badge(status: &str, expires_at_ms: i64, now_ms: i64) -> String {
         "unauthorized" => badge("idle", "not authorized"),
         other => badge("idle", other),
     }
-}
-
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// The OAuth state of every scope the caller can see, by scope id.

@@ -247,14 +247,15 @@ impl Admin for AdminService {
             0
         };
         let info = &self.0.info;
+        let keyring = self.0.store.keyring();
         ok(pb::StatusResponse {
             version: env!("CARGO_PKG_VERSION").into(),
             mode: info.mode.into(),
             caller_uid: caller.uid(),
             caller_pid: caller.peer.pid,
             caller_role: caller.role.as_str().into(),
-            recipient: self.0.store.keyring().recipient(),
-            sealed: self.0.store.keyring().is_sealed(),
+            recipient: keyring.recipient(),
+            sealed: keyring.is_sealed(),
             identity_sealed: self
                 .0
                 .identity_sealed

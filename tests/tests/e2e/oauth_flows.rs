@@ -102,20 +102,7 @@ fn vault_with_servers(options: VaultOptions) -> Vault {
 }
 
 fn add_servers(vault: &Vault) {
-    vault
-        .ctl([
-            "server",
-            "create",
-            "--id",
-            STDIO_SERVER,
-            "--name",
-            "Tool over stdio",
-            "--transport",
-            "stdio",
-            "--command",
-            "/bin/true",
-        ])
-        .ok();
+    vault.create_stdio_server(STDIO_SERVER, "Tool over stdio");
     vault
         .ctl([
             "server",

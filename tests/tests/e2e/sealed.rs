@@ -39,20 +39,7 @@ fn setup() -> Vault {
         client_group: Some(G),
         ..VaultOptions::default()
     });
-    vault
-        .ctl([
-            "server",
-            "create",
-            "--name",
-            "tools",
-            "--id",
-            "tools",
-            "--transport",
-            "stdio",
-            "--command",
-            "/bin/true",
-        ])
-        .ok();
+    vault.create_stdio_server("tools", "tools");
     vault
         .ctl(["scope", "create", "--name", "gh", "--type", "env"])
         .ok();

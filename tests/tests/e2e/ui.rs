@@ -284,20 +284,7 @@ fn scopes_secrets_and_routes_through_the_forms_never_show_a_value() {
         client_group: Some(G),
         ..VaultOptions::default()
     });
-    vault
-        .ctl([
-            "server",
-            "create",
-            "--name",
-            "tools",
-            "--id",
-            "tools",
-            "--transport",
-            "stdio",
-            "--command",
-            "/bin/true",
-        ])
-        .ok();
+    vault.create_stdio_server("tools", "tools");
     let ui = UiProcess::start(&vault);
     let cookie = ui.sign_in();
     let token = csrf(&get(&ui, "/scopes/new", Some(&cookie)));

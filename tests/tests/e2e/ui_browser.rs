@@ -92,20 +92,7 @@ fn a_person_authorizes_links_and_sets_secrets_in_a_real_browser() {
         ..OAuthOptions::default()
     });
     let vault = Vault::start();
-    vault
-        .ctl([
-            "server",
-            "create",
-            "--id",
-            SERVER,
-            "--name",
-            "Tools",
-            "--transport",
-            "stdio",
-            "--command",
-            "/bin/true",
-        ])
-        .ok();
+    vault.create_stdio_server(SERVER, "Tools");
     let ui = UiProcess::start(&vault);
     let artifacts = artifacts_dir();
 
