@@ -12,14 +12,14 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::process::Stdio;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use mcplexer_proto::v1 as pb;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin};
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::{Mutex, Notify, mpsc, oneshot};
 
 use crate::restart::Ending;
 use crate::vault::Released;
@@ -39,6 +39,11 @@ pub const DOWNSTREAM_PROTOCOL: &str = "2025-11-25";
 /// Pages of `tools/list` read from one downstream at most.
 const MAX_PAGES: usize = 64;
 
+/// How long one message may take to go into a child's stdin. A child that
+/// stops reading for this long is stuck: it is killed, since a partial
+/// message may be in the pipe.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// What a downstream tells the gateway on its own.
 #[derive(Debug)]
 pub enum Event {
@@ -47,8 +52,14 @@ pub enum Event {
         /// The server.
         server_id: String,
     },
-    /// It sent `notifications/progress` (relayed while its token is live).
-    Progress(Value),
+    /// It sent `notifications/progress` (relayed while its token is live,
+    /// and only from the server the call went to).
+    Progress {
+        /// The server that sent it.
+        server_id: String,
+        /// The notification as received.
+        message: Value,
+    },
     /// It closed its output: it exited, or will be made to.
     Stopped(Arc<Downstream>),
 }
@@ -103,6 +114,8 @@ pub struct Downstream {
     pub scope: Option<String>,
     /// The credential version it was started with (0: no credential).
     pub version: u64,
+    /// The server as configured when it was started.
+    pub spec: pb::DownstreamServer,
     started: std::time::Instant,
     /// The proxy is stopping it: its exit is not a failure.
     stopping: AtomicBool,
@@ -111,6 +124,10 @@ pub struct Downstream {
     stdin: Mutex<ChildStdin>,
     child: Mutex<Child>,
     pending: Pending,
+    /// Requests sent and not yet finished (answered, failed, timed out or
+    /// cancelled), and a wake-up for when that drops to zero.
+    in_flight: AtomicUsize,
+    drained: Notify,
     next_id: AtomicU64,
     alive: Arc<AtomicBool>,
     /// Its tools as last listed (original names).
@@ -176,12 +193,15 @@ impl Downstream {
             server_id: server.id.clone(),
             scope,
             version: credential.map_or(0, |c| c.version),
+            spec: server.clone(),
             started: std::time::Instant::now(),
             stopping: AtomicBool::new(false),
             reaped: AtomicBool::new(false),
             stdin: Mutex::new(stdin),
             child: Mutex::new(child),
             pending: pending.clone(),
+            in_flight: AtomicUsize::new(0),
+            drained: Notify::new(),
             next_id: AtomicU64::new(1),
             alive: alive.clone(),
             tools: Mutex::new(None),
@@ -227,8 +247,22 @@ impl Downstream {
     async fn write(&self, message: &Value) -> bool {
         let mut line = message.to_string();
         line.push('\n');
-        let mut stdin = self.stdin.lock().await;
-        stdin.write_all(line.as_bytes()).await.is_ok() && stdin.flush().await.is_ok()
+        let written = tokio::time::timeout(WRITE_TIMEOUT, async {
+            let mut stdin = self.stdin.lock().await;
+            stdin.write_all(line.as_bytes()).await.is_ok() && stdin.flush().await.is_ok()
+        })
+        .await;
+        match written {
+            Ok(done) => done,
+            Err(_) => {
+                tracing::warn!(server = %self.server_id, "downstream stopped reading its input; killing it");
+                self.alive.store(false, Ordering::SeqCst);
+                if let Ok(mut child) = self.child.try_lock() {
+                    let _ = child.start_kill();
+                }
+                false
+            }
+        }
     }
 
     /// Sends a notification.
@@ -262,6 +296,7 @@ impl Downstream {
             .last_used
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = std::time::Instant::now();
+        let _in_flight = InFlight::new(self);
         let id = self.next_id.fetch_add(1, Ordering::SeqCst);
         let (tx, rx) = oneshot::channel();
         self.pending.lock().await.insert(id, tx);
@@ -347,11 +382,38 @@ impl Downstream {
         since >= self.idle_timeout && self.pending.lock().await.is_empty()
     }
 
-    /// Stops the child: closes stdin, then kills it if it lingers.
+    /// Stops the child once the requests it was sent have finished (or
+    /// after `grace`): for a child replaced by a new one, whose calls in
+    /// flight should still get their answers. Its ending is not a failure.
+    pub fn retire(self: Arc<Self>, grace: Duration) {
+        self.stopping.store(true, Ordering::SeqCst);
+        tokio::spawn(async move {
+            let deadline = tokio::time::Instant::now() + grace;
+            loop {
+                let drained = self.drained.notified();
+                tokio::pin!(drained);
+                drained.as_mut().enable();
+                if self.in_flight.load(Ordering::SeqCst) == 0 {
+                    break;
+                }
+                tokio::select! {
+                    () = drained => {}
+                    () = tokio::time::sleep_until(deadline) => break,
+                }
+            }
+            self.stop().await;
+        });
+    }
+
+    /// Stops the child: closes stdin, then kills it if it lingers (or if
+    /// stdin cannot be had: a write to a stuck child holds it).
     pub async fn stop(&self) {
         self.stopping.store(true, Ordering::SeqCst);
         self.alive.store(false, Ordering::SeqCst);
-        let _ = self.stdin.lock().await.shutdown().await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            let _ = self.stdin.lock().await.shutdown().await;
+        })
+        .await;
         let mut child = self.child.lock().await;
         if tokio::time::timeout(Duration::from_secs(2), child.wait())
             .await
@@ -383,6 +445,24 @@ impl Downstream {
     }
 }
 
+/// Counts a request in flight for as long as it lives.
+struct InFlight<'a>(&'a Downstream);
+
+impl<'a> InFlight<'a> {
+    fn new(child: &'a Downstream) -> Self {
+        child.in_flight.fetch_add(1, Ordering::SeqCst);
+        Self(child)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.drained.notify_waiters();
+        }
+    }
+}
+
 /// Reads every page of `tools/list` through `request` (at most
 /// [`MAX_PAGES`]); a JSON-RPC error ends the listing with what was read.
 pub(crate) async fn all_tools<F, Fut>(
@@ -403,7 +483,10 @@ where
         let result = match request(params).await? {
             Ok(result) => result,
             Err(error) => {
-                tracing::warn!(server = %server_id, %error, "tools/list failed");
+                // Its code only: the message is the server's own text and
+                // may echo the credential it was given.
+                let code = error.get("code").and_then(Value::as_i64);
+                tracing::warn!(server = %server_id, ?code, "tools/list failed");
                 break;
             }
         };
@@ -467,12 +550,17 @@ async fn read_loop(
                 } else {
                     json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32601, "message": format!("{method} is not supported by mcplexer-proxy")}})
                 };
+                // Written by a task of its own, so that a child that does
+                // not read its input cannot stop this loop from reading.
                 if let Some(this) = this.upgrade() {
-                    this.write(&reply).await;
+                    tokio::spawn(async move { this.write(&reply).await });
                 }
             }
             (Some("notifications/progress"), None) => {
-                let _ = events.send(Event::Progress(message));
+                let _ = events.send(Event::Progress {
+                    server_id: server_id.clone(),
+                    message,
+                });
             }
             (Some("notifications/tools/list_changed"), None) => {
                 let _ = events.send(Event::ToolsChanged {

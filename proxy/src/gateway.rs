@@ -18,7 +18,7 @@ use tokio::sync::{Mutex, mpsc};
 
 use crate::downstream::{Downstream, DownstreamError, Event};
 use crate::http::HttpDownstream;
-use crate::redact::{redact, scrub_text};
+use crate::redact::redact;
 use crate::restart::{Ending, History, Policy, Verdict};
 use crate::router::{Decision, split_tool};
 use crate::vault::{Released, Routing, VaultError, VaultLink};
@@ -80,12 +80,39 @@ pub struct Gateway {
     cancels: std::sync::Mutex<HashMap<String, tokio::sync::watch::Sender<bool>>>,
     /// Progress tokens of calls in flight (as JSON text), with the stream
     /// of the request that carries each, if it has its own.
-    progress: std::sync::Mutex<HashMap<String, Option<Sink>>>,
+    progress: std::sync::Mutex<HashMap<String, LiveProgress>>,
 }
 
 /// Where messages about one client request go (its own response stream,
 /// on streamable HTTP), before its response.
 pub type Sink = mpsc::UnboundedSender<Value>;
+
+/// A call in flight that carries a progress token.
+#[derive(Clone)]
+struct LiveProgress {
+    /// The tool namespace of the server the call goes to.
+    namespace: String,
+    /// The request's own stream, if it has one.
+    sink: Option<Sink>,
+}
+
+/// A tool's error result (`isError`) with every released value scrubbed:
+/// it is an error message, and the server may echo its credential in it. A
+/// successful result is passed on as the server gave it.
+fn scrub_tool_error(mut result: Value, credential: Option<&Released>) -> Value {
+    if let Some(credential) = credential
+        && result.get("isError").and_then(Value::as_bool) == Some(true)
+    {
+        credential.scrub().value(&mut result);
+    }
+    result
+}
+
+/// Ends an HTTP session in the background (its DELETE carries no
+/// credential).
+fn retire_session(session: Arc<HttpDownstream>) {
+    tokio::spawn(async move { session.stop().await });
+}
 
 /// How long the client has to answer `roots/list`.
 const ROOTS_TIMEOUT: Duration = Duration::from_secs(10);
@@ -129,6 +156,20 @@ impl CallError {
             denied: false,
             cancelled: false,
         }
+    }
+
+    /// The error with every released value scrubbed from its message and
+    /// data: a downstream may echo its credential in an error, and neither
+    /// the client nor a log may see it.
+    fn scrubbed(mut self, credential: Option<&Released>) -> Self {
+        if let Some(credential) = credential {
+            let scrub = credential.scrub();
+            self.message = scrub.text(&self.message);
+            if let Some(data) = &mut self.data {
+                scrub.value(data);
+            }
+        }
+        self
     }
 
     fn denied(message: impl Into<String>) -> Self {
@@ -284,10 +325,44 @@ impl Gateway {
                 let Some(gateway) = weak.upgrade() else {
                     return;
                 };
+                gateway.retire_changed().await;
                 gateway.notify_tools_changed();
             }
         });
         gateway
+    }
+
+    /// Retires the children and sessions of servers whose configuration
+    /// changed or that are gone, so that no credential goes to a command or
+    /// URL the configuration no longer names. (A call also checks the
+    /// configuration it was routed by before it reuses one.)
+    async fn retire_changed(&self) {
+        let routing = self.vault.routing();
+        let current = |id: &str, spec: &pb::DownstreamServer| routing.servers.get(id) == Some(spec);
+        {
+            let _one_start = self.starting.lock().await;
+            let mut children = self.children.lock().await;
+            let stale: Vec<_> = children
+                .iter()
+                .filter(|(key, child)| !current(&key.0, &child.spec))
+                .map(|(key, _)| key.clone())
+                .collect();
+            for key in stale {
+                if let Some(child) = children.remove(&key) {
+                    tracing::info!(server = %key.0, "retiring a downstream whose configuration changed");
+                    let grace = call_timeout(&child.spec);
+                    child.retire(grace);
+                }
+            }
+        }
+        let mut sessions = self.sessions.lock().await;
+        sessions.retain(|key, session| {
+            let keep = current(&key.0, &session.spec);
+            if !keep {
+                retire_session(session.clone());
+            }
+            keep
+        });
     }
 
     /// Stops children unused for their server's `idle_timeout_sec`; the
@@ -442,29 +517,45 @@ impl Gateway {
                 return;
             }
             Event::ToolsChanged { server_id } => server_id,
-            Event::Progress(message) => {
-                // Relayed only while the call that carries its token runs:
-                // never after completion, never a token the client did not
-                // send.
-                let token = message
-                    .pointer("/params/progressToken")
-                    .map(Value::to_string);
-                let live = token.and_then(|t| {
-                    self.progress
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .get(&t)
-                        .cloned()
-                });
-                match live {
-                    Some(Some(sink)) => {
-                        let _ = sink.send(message);
-                    }
-                    Some(None) => {
-                        let _ = self.out.send(message);
-                    }
-                    None => {}
+            Event::Progress { server_id, message } => {
+                // Relayed only while the call that carries its token runs,
+                // and only from the server that call went to: never after
+                // completion, never a token the client did not send, never
+                // one server speaking for another.
+                let Some(token) = message.pointer("/params/progressToken") else {
+                    return;
+                };
+                let live = self
+                    .progress
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .get(&token.to_string())
+                    .cloned();
+                let Some(live) = live else {
+                    return;
+                };
+                let routing = self.vault.routing();
+                if routing
+                    .servers
+                    .get(&server_id)
+                    .map(|s| s.tool_namespace.as_str())
+                    != Some(live.namespace.as_str())
+                {
+                    return;
                 }
+                // Rebuilt from the fields progress has, not passed through.
+                let mut params = serde_json::Map::new();
+                for field in ["progressToken", "progress", "total", "message"] {
+                    if let Some(value) = message.pointer(&format!("/params/{field}")) {
+                        params.insert(field.to_owned(), value.clone());
+                    }
+                }
+                let note =
+                    json!({"jsonrpc": "2.0", "method": "notifications/progress", "params": params});
+                let _ = match live.sink {
+                    Some(sink) => sink.send(note).is_ok(),
+                    None => self.out.send(note).is_ok(),
+                };
                 return;
             }
         };
@@ -571,10 +662,24 @@ impl Gateway {
                     .insert(key.clone(), cancel_tx);
                 let token = params.pointer("/_meta/progressToken").map(Value::to_string);
                 if let Some(token) = &token {
+                    // The server the call goes to is the one its tool's
+                    // namespace names.
+                    let namespace = params
+                        .get("name")
+                        .and_then(Value::as_str)
+                        .and_then(|n| n.split_once("__"))
+                        .map(|(ns, _)| ns.to_owned())
+                        .unwrap_or_default();
                     self.progress
                         .lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .insert(token.clone(), sink.clone());
+                        .insert(
+                            token.clone(),
+                            LiveProgress {
+                                namespace,
+                                sink: sink.clone(),
+                            },
+                        );
                 }
                 let dir = self.workspace_dir(sink.as_ref()).await;
                 let result = self.tools_call(params, &dir, cancel_rx).await;
@@ -780,15 +885,19 @@ impl Gateway {
                 return Ok(tools);
             }
             let credential = self.credential(server, scope, "", "").await?;
-            return Ok(session
+            return session
                 .list_tools(credential.as_ref(), call_timeout(server))
-                .await?);
+                .await
+                .map_err(|e| CallError::from(e).scrubbed(credential.as_ref()));
         }
-        let (child, _) = self.child(server, scope, "", "").await?;
+        let (child, credential) = self.child(server, scope, "", "").await?;
         if let Some(tools) = child.tools.lock().await.clone() {
             return Ok(tools);
         }
-        Ok(child.list_tools(call_timeout(server)).await?)
+        child
+            .list_tools(call_timeout(server))
+            .await
+            .map_err(|e| CallError::from(e).scrubbed(credential.as_ref()))
     }
 
     /// Fetches the scope's values for one use of `server` (none without a
@@ -825,7 +934,12 @@ impl Gateway {
         let mut sessions = self.sessions.lock().await;
         let key = (server.id.clone(), scope);
         if let Some(session) = sessions.get(&key) {
-            return Ok(session.clone());
+            if session.spec == *server {
+                return Ok(session.clone());
+            }
+            // The server's configuration changed (its URL, say): nothing
+            // more goes to the old session.
+            retire_session(session.clone());
         }
         let session = HttpDownstream::new(server, self.events.clone())?;
         sessions.insert(key, session.clone());
@@ -855,17 +969,29 @@ impl Gateway {
             self.reap(&child).await;
         }
         self.may_start(&key, server)?;
-        let credential = self.credential(server, scope.clone(), tool, rule).await?;
-        let version = credential.as_ref().map_or(0, |c| c.version);
+        let mut credential = self.credential(server, scope.clone(), tool, rule).await?;
         let _one_start = self.starting.lock().await;
         let existing = self.children.lock().await.get(&key).cloned();
         if let Some(child) = existing {
-            if child.is_alive() && child.version == version {
+            let mut version = credential.as_ref().map_or(0, |c| c.version);
+            if child.is_alive() && child.spec == *server && child.version != version {
+                // Either the material changed, or this credential was
+                // fetched before another call started the child with newer
+                // material: ask again, under the lock, for what is current.
+                credential = self.credential(server, scope.clone(), tool, rule).await?;
+                version = credential.as_ref().map_or(0, |c| c.version);
+            }
+            if child.is_alive() && child.spec == *server && child.version == version {
                 return Ok((child, credential));
             }
             if child.is_alive() {
-                tracing::info!(server = %server.id, "restarting downstream for a new credential");
-                child.stop().await;
+                // Its credential or its configuration changed: new calls go
+                // to a new child; the calls in flight keep the old one until
+                // they finish.
+                tracing::info!(server = %server.id, "replacing the downstream: its credential or configuration changed");
+                self.children.lock().await.remove(&key);
+                let grace = call_timeout(&child.spec);
+                child.retire(grace);
             } else {
                 // It stopped since the check above.
                 self.reap(&child).await;
@@ -877,12 +1003,15 @@ impl Gateway {
         {
             Ok(child) => child,
             Err(err) => {
-                let reason = match &err {
+                // What the child said (an initialize error) may echo the
+                // values it was started with.
+                let scrub = credential.as_ref().map(Released::scrub).unwrap_or_default();
+                let reason = scrub.text(&match &err {
                     DownstreamError::Start { reason, .. } => reason.clone(),
                     other => other.to_string(),
-                };
+                });
                 self.record_ending(&key, server, Ending::StartFailed(reason), Duration::ZERO);
-                return Err(err.into());
+                return Err(CallError::from(err).scrubbed(credential.as_ref()));
             }
         };
         self.children.lock().await.insert(key, child.clone());
@@ -977,7 +1106,9 @@ impl Gateway {
                                     call_timeout(&server),
                                 ) => answer
                                     .map_err(CallError::from)
-                                    .and_then(|answer| answer.map_err(CallError::from_downstream)),
+                                    .and_then(|answer| answer.map_err(CallError::from_downstream))
+                                    .map(|result| scrub_tool_error(result, credential.as_ref()))
+                                    .map_err(|e| e.scrubbed(credential.as_ref())),
                                 Ok(_) = cancel.wait_for(|c| *c) => Err(CallError::from(DownstreamError::Cancelled {
                                     server: server.id.clone(),
                                 })),
@@ -1023,8 +1154,10 @@ impl Gateway {
                 )
                 .await
             {
-                Ok(Ok(result)) => Ok(result),
-                Ok(Err(error)) => Err(CallError::from_downstream(error)),
+                Ok(Ok(result)) => Ok(scrub_tool_error(result, credential.as_ref())),
+                Ok(Err(error)) => {
+                    Err(CallError::from_downstream(error).scrubbed(credential.as_ref()))
+                }
                 Err(err @ DownstreamError::NotSent { .. }) => {
                     outcome = Err(CallError::from(err));
                     continue;
@@ -1059,6 +1192,8 @@ impl Gateway {
         let scrub = credential.map(Released::scrub).unwrap_or_default();
         let mut arguments = params.get("arguments").cloned().unwrap_or(Value::Null);
         redact(&mut arguments, &hints, &scrub);
+        // The tool's name is the client's text too.
+        record.tool = scrub.text(&record.tool);
         record.params = arguments.to_string();
         record.latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         match outcome {
@@ -1077,7 +1212,7 @@ impl Gateway {
             }
             Err(err) => {
                 record.status = if err.denied { "denied" } else { "error" }.into();
-                record.error = scrub_text(&err.message, &scrub);
+                record.error = scrub.text(&err.message);
             }
         }
         let sender = self

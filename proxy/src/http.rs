@@ -28,8 +28,8 @@ const MAX_BODY: usize = 16 << 20;
 
 /// Why a POST did not produce an answer.
 enum PostError {
-    /// The server no longer knows the session (404): initialise again.
-    SessionGone,
+    /// The server no longer knows this session (404): initialise again.
+    SessionGone(String),
     /// Any other failure.
     Failed(DownstreamError),
 }
@@ -38,9 +38,15 @@ enum PostError {
 pub struct HttpDownstream {
     /// Its server id.
     pub server_id: String,
+    /// The server as configured when the session was made: credentials go
+    /// to this URL only while the configuration still says so.
+    pub spec: pb::DownstreamServer,
     url: reqwest::Url,
     client: reqwest::Client,
     session: Mutex<Option<String>>,
+    /// Held while initialising, so that concurrent first requests make one
+    /// session, not one each.
+    initializing: Mutex<()>,
     next_id: AtomicU64,
     events: mpsc::UnboundedSender<Event>,
     /// Its tools as last listed (original names).
@@ -69,9 +75,11 @@ impl HttpDownstream {
             .map_err(|e| start_err(e.to_string()))?;
         Ok(Arc::new(Self {
             server_id: server.id.clone(),
+            spec: server.clone(),
             url,
             client,
             session: Mutex::new(None),
+            initializing: Mutex::new(()),
             next_id: AtomicU64::new(1),
             events,
             tools: Mutex::new(None),
@@ -136,8 +144,10 @@ impl HttpDownstream {
             .await
             .map_err(|e| self.failed(format!("request failed: {}", without_url(&e))))?;
         let status = response.status();
-        if status == reqwest::StatusCode::NOT_FOUND && session.is_some() {
-            return Err(PostError::SessionGone);
+        if status == reqwest::StatusCode::NOT_FOUND
+            && let Some(gone) = session
+        {
+            return Err(PostError::SessionGone(gone));
         }
         // A session id is adopted only from a successful answer to a
         // request made without one (initialize); servers also attach fresh
@@ -221,7 +231,10 @@ impl HttpDownstream {
     fn dispatch(&self, data: &str, id: Option<u64>) -> Option<Value> {
         let message: Value = serde_json::from_str(data).ok()?;
         if message.get("method").and_then(Value::as_str) == Some("notifications/progress") {
-            let _ = self.events.send(Event::Progress(message));
+            let _ = self.events.send(Event::Progress {
+                server_id: self.server_id.clone(),
+                message,
+            });
             return None;
         }
         if message.get("method").and_then(Value::as_str) == Some("notifications/tools/list_changed")
@@ -274,10 +287,14 @@ impl HttpDownstream {
     ) -> Result<Result<Value, Value>, DownstreamError> {
         for _attempt in 0..2 {
             if self.session.lock().await.is_none() {
-                match self.initialize(credential, timeout).await {
-                    Ok(()) => {}
-                    Err(PostError::Failed(err)) => return Err(err),
-                    Err(PostError::SessionGone) => continue,
+                let _one = self.initializing.lock().await;
+                // Another request may have made the session meanwhile.
+                if self.session.lock().await.is_none() {
+                    match self.initialize(credential, timeout).await {
+                        Ok(()) => {}
+                        Err(PostError::Failed(err)) => return Err(err),
+                        Err(PostError::SessionGone(_)) => continue,
+                    }
                 }
             }
             let id = self.next_id.fetch_add(1, Ordering::SeqCst);
@@ -297,9 +314,14 @@ impl HttpDownstream {
                         server: self.server_id.clone(),
                     });
                 }
-                Err(PostError::SessionGone) => {
+                Err(PostError::SessionGone(gone)) => {
                     tracing::info!(server = %self.server_id, "downstream session expired; initialising a new one");
-                    *self.session.lock().await = None;
+                    // Only the session that is gone: a concurrent request
+                    // may already have made its successor.
+                    let mut session = self.session.lock().await;
+                    if session.as_deref() == Some(gone.as_str()) {
+                        *session = None;
+                    }
                 }
                 Err(PostError::Failed(err)) => return Err(err),
             }

@@ -16,6 +16,7 @@ use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 use zeroize::Zeroizing;
 
+use crate::redact::Scrub;
 use crate::router::RouteTable;
 
 /// The routing configuration the proxy works from.
@@ -71,18 +72,16 @@ pub struct Released {
     pub version: u64,
     /// Keys to redact from audited params.
     pub hints: Vec<String>,
+    /// What the vault says to scrub besides the values themselves (for an
+    /// OAuth token sent as `Bearer TOKEN`, the bare token).
+    extra: Vec<Zeroizing<Vec<u8>>>,
 }
 
 impl Released {
-    fn from_proto(mut c: pb::Credential) -> Self {
-        // Moved, not copied, into zeroizing buffers; `scrub` repeats the
-        // values, so it is wiped and dropped here and `values` serves both.
-        // The transport's receive buffer that prost decoded from is freed by
-        // tonic, not wiped: it is outside this process's reach, like the
-        // vault's own send buffer.
-        for mut extra in std::mem::take(&mut c.scrub) {
-            zeroize::Zeroize::zeroize(&mut extra);
-        }
+    fn from_proto(c: pb::Credential) -> Self {
+        // Moved, not copied, into zeroizing buffers. The transport's receive
+        // buffer that prost decoded from is freed by tonic, not wiped: it is
+        // outside this process's reach, like the vault's own send buffer.
         Self {
             kind: c.kind,
             values: c
@@ -92,12 +91,18 @@ impl Released {
                 .collect(),
             version: c.version,
             hints: c.redaction_hints,
+            extra: c.scrub.into_iter().map(Zeroizing::new).collect(),
         }
     }
 
-    /// The values, for scrubbing records.
-    pub fn scrub(&self) -> Vec<&[u8]> {
-        self.values.iter().map(|(_, v)| v.as_slice()).collect()
+    /// What to scrub from anything recorded or passed on about the call:
+    /// the values, what the vault named, and the forms they take.
+    pub fn scrub(&self) -> Scrub {
+        let values = self.values.iter().map(|(_, v)| v.as_slice());
+        Scrub::new(
+            values.chain(self.extra.iter().map(|v| v.as_slice())),
+            self.kind == "header",
+        )
     }
 }
 

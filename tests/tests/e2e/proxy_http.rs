@@ -19,6 +19,7 @@ use serde_json::{Value, json};
 
 use crate::proxy::{error_message, through_proxy_in};
 use crate::proxy_lifecycle::{fifo, rendezvous, rendezvous_step};
+use crate::proxy_protocol::RawClient;
 
 fn text(result: &Value) -> &str {
     result["text"][0]
@@ -226,4 +227,127 @@ route_rules:
         before["mcp-session-id"], after["mcp-session-id"],
         "the old session was reused"
     );
+}
+
+/// A `Bearer` header scope: the bare token is scrubbed from the audit
+/// record and from a downstream's error on its way to the client; and once
+/// the server's URL changes, nothing more goes to the old one.
+#[test]
+fn a_bearer_token_is_scrubbed_and_a_moved_server_gets_nothing_more() {
+    let old = HeaderServer::start(true);
+    let new = HeaderServer::start(true);
+    let vault = Vault::start();
+    // With `two`, a second server whose tools show once the proxy has the
+    // new configuration.
+    let doc = |url: &str, two: Option<&str>| {
+        let (server, route) = match two {
+            Some(two) => (
+                format!(
+                    "\n  - {{id: two, name: Two, transport: http, url: \"{two}\", tool_namespace: two}}"
+                ),
+                "\n  - {name: two, tool_match: [\"two__*\"], downstream_server_id: two}".to_owned(),
+            ),
+            None => (String::new(), String::new()),
+        };
+        format!(
+            r#"
+auth_scopes:
+  - {{id: bearer, name: Bearer, type: header}}
+downstream_servers:
+  - {{id: api, name: API, transport: http, url: "{url}", tool_namespace: api}}{server}
+route_rules:
+  - {{name: api, tool_match: ["api__*"], downstream_server_id: api, auth_scope_id: bearer, log_full: true}}{route}
+"#
+        )
+    };
+    let path = vault.write_file("bearer.yaml", &doc(&old.url, None));
+    vault.ctl(["apply", "-f", path.to_str().unwrap()]).ok();
+    let token = "tok-7c1e2a90";
+    vault
+        .ctl_input(
+            ["secret", "set", "bearer", "Authorization"],
+            format!("Bearer {token}").as_bytes(),
+        )
+        .ok();
+
+    let mut client = RawClient::start(&vault);
+    let call = |id: u64, name: &str, arguments: Value| {
+        json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+            "params": {"name": name, "arguments": arguments}})
+    };
+    client.send(call(
+        1,
+        "api__echo",
+        json!({"message": format!("bare {token} here")}),
+    ));
+    let echoed = client.until(|m| m["id"] == 1);
+    assert_eq!(
+        echoed["result"]["content"][0]["text"],
+        format!("bare {token} here")
+    );
+    // A tool the server does not have: its error names the tool, and with
+    // it the token.
+    client.send(call(2, &format!("api__x{token}"), json!({})));
+    let refused = client.until(|m| m["id"] == 2);
+    let answer = refused.to_string();
+    assert!(
+        !answer.contains(token),
+        "the token reached the client: {refused:#}"
+    );
+    assert!(answer.contains("[REDACTED]"), "{refused:#}");
+
+    let calls = vault.ctl(["--json", "audit", "--kind", "call"]).json();
+    let text = calls.to_string();
+    assert!(
+        !text.contains(token),
+        "the bare token is in the audit: {calls:#}"
+    );
+    let echo = calls
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["tool"] == "api__echo")
+        .unwrap_or_else(|| panic!("{calls:#}"));
+    assert_eq!(
+        serde_json::from_str::<Value>(echo["params"].as_str().unwrap()).unwrap(),
+        json!({"message": "bare [REDACTED] here"})
+    );
+    assert!(
+        echo["response"]
+            .as_str()
+            .unwrap()
+            .contains("bare [REDACTED] here"),
+        "{echo:#}"
+    );
+
+    // The server moves.
+    let path = vault.write_file("bearer.yaml", &doc(&new.url, Some(&new.url)));
+    vault.ctl(["apply", "-f", path.to_str().unwrap()]).ok();
+    let changed = |m: &Value| m["method"] == "notifications/tools/list_changed";
+    let mut id = 10;
+    loop {
+        assert!(id < 20, "the proxy never showed the new configuration");
+        client.until(changed);
+        id += 1;
+        client.send(json!({"jsonrpc": "2.0", "id": id, "method": "tools/list"}));
+        let listed = client.until(|m| m["id"] == id);
+        if listed.to_string().contains("two__echo") {
+            break;
+        }
+    }
+    client.send(call(3, "api__show_header", json!({"name": "host"})));
+    let host = client.until(|m| m["id"] == 3);
+    let port = |url: &str| {
+        url.rsplit(':')
+            .next()
+            .unwrap()
+            .trim_end_matches("/mcp")
+            .to_owned()
+    };
+    assert_eq!(
+        host["result"]["content"][0]["text"],
+        format!("127.0.0.1:{}", port(&new.url)),
+        "the call went to the old URL: {host:#}"
+    );
+    client.finish();
 }

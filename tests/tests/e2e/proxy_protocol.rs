@@ -260,3 +260,43 @@ fn malformed_input_gets_json_rpc_errors_and_the_session_survives() {
     let (_, log) = client.finish();
     assert!(!log.contains("protocol-token-3e9"));
 }
+
+/// A new secret value replaces the child for new calls; a call already
+/// running on the old child still gets its answer (and its progress).
+#[test]
+fn a_rotation_does_not_cut_off_a_call_in_flight() {
+    let vault = setup();
+    let mut client = RawClient::start(&vault);
+    client.send(
+        json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
+        "name": "ev__trigger-long-running-operation",
+        "arguments": {"duration": 6, "steps": 6},
+        "_meta": {"progressToken": "long-1"}}}),
+    );
+    // The call is running in the child once its first progress arrives.
+    client.until(|m| m["method"] == "notifications/progress");
+    vault
+        .ctl_input(
+            ["secret", "set", "ev-token", "EV_TOKEN"],
+            b"rotated-token-71c",
+        )
+        .ok();
+    client.send(
+        json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
+        "name": "ev__get-env", "arguments": {}}}),
+    );
+    let env = client.until(|m| m["id"] == 2);
+    assert!(
+        env.to_string().contains("rotated-token-71c"),
+        "the new value did not reach the new child: {env:#}"
+    );
+    let long = client.until(|m| m["id"] == 1);
+    assert!(
+        long["result"]["content"][0]["text"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("Long running operation completed")),
+        "the call in flight was cut off: {long:#}"
+    );
+    let (_, log) = client.finish();
+    assert!(log.contains("replacing the downstream"), "{log}");
+}
