@@ -109,6 +109,11 @@ pub enum Command {
     /// Serve the configuration web UI on loopback, for your browser only:
     /// auth scopes, secrets, OAuth authorization, providers, routes, audit.
     /// Prints a sign-in link that works once; runs until Ctrl-C.
+    ///
+    /// Signed out, or the link used? `kill -USR1 PID` makes it print a
+    /// fresh sign-in link on its terminal, without a restart (only the
+    /// newest link printed works; signing in with it replaces the previous
+    /// session).
     Ui(UiArgs),
 }
 

@@ -4,7 +4,9 @@
  * a person does, with playwright-core (pinned in package.json) and Debian's
  * /usr/bin/chromium:
  *
- *   1. opens the one-time sign-in link;
+ *   1. opens `login`, the page `mcplexerctl ui` wrote for the browser (a
+ *      file:// URL), which moves on to the one-time sign-in link and then
+ *      to Auth Scopes, where the browser must arrive signed in;
  *   2. Auth Scopes → Add Auth Scope; type oauth2, Choose; template GitHub,
  *      Choose; fills name, token variable, Client ID, Client Secret, the
  *      base_url parameter (= the test authorization server's issuer) and the
@@ -23,7 +25,8 @@
  *
  * The configuration comes on stdin, not on the command line (where other
  * users can read it: the sign-in link signs in, the secrets are secrets):
- *     {"login": "http://127.0.0.1:PORT/login?token=…",
+ *     {"ui": "http://127.0.0.1:PORT",              the UI
+ *      "login": "file:///…/mcplexer-ui-PID.html",  its page for the browser
  *      "issuer": "http://127.0.0.1:PORT",          the authorization server
  *      "client_id": "…", "client_secret": "…",      its client_secret_post client
  *      "scopes": "openid offline_access read",
@@ -92,7 +95,7 @@ try {
 } catch (err) {
   usage(`stdin is not the JSON configuration: ${err.message}`);
 }
-for (const key of ['login', 'issuer', 'client_id', 'client_secret', 'scopes', 'token_var', 'server_id', 'env_key', 'env_value']) {
+for (const key of ['ui', 'login', 'issuer', 'client_id', 'client_secret', 'scopes', 'token_var', 'server_id', 'env_key', 'env_value']) {
   if (typeof config[key] !== 'string' || config[key] === '') usage(`configuration field ${key} is missing`);
 }
 if (!fs.existsSync(CHROMIUM)) {
@@ -105,7 +108,7 @@ try {
   usage(`playwright-core is missing (${err.message}): run tests/peers/install.sh`);
 }
 
-const uiOrigin = new URL(config.login).origin;
+const uiOrigin = new URL(config.ui).origin;
 const issuerOrigin = new URL(config.issuer).origin;
 const secrets = [config.client_secret, config.env_value];
 
@@ -222,7 +225,9 @@ const summary = {};
 let failed;
 try {
   // 1. Sign in.
-  await page.goto(config.login);
+  // The page moves on at once (a refresh meta element): what counts is
+  // where the browser ends up.
+  await page.goto(config.login, { waitUntil: 'commit' });
   await onUiPage('/scopes', 'sign-in');
   await snap('signed-in');
 

@@ -8,19 +8,28 @@
 //!   rebinding) is refused.
 //! * `/login?token=…` trades the one-time token that `mcplexerctl ui`
 //!   printed for a session cookie (HttpOnly, SameSite=Strict); the token is
-//!   then spent. Every other path needs that cookie, except the OAuth
-//!   callback, which the provider's redirect reaches without it
-//!   (SameSite=Strict withholds it on a cross-site navigation) and which
-//!   only completes a flow the vault started for this uid, by its
-//!   unguessable single-use state.
+//!   then spent. Its answer is a page that moves on to the UI, not a
+//!   redirect: a browser that came from elsewhere (the file page the UI
+//!   opens it through, another site) would count a redirect as part of that
+//!   cross-site navigation and withhold the new cookie from the page it
+//!   lands on. A fresh token is printed on the UI's terminal on SIGUSR1
+//!   ([`Guard::fresh_login`]), for a browser whose session is gone.
+//! * Every other path needs that cookie, except the OAuth callback, which
+//!   the provider's redirect reaches without it (SameSite=Strict withholds
+//!   it on a cross-site navigation). The callback only completes a flow the
+//!   vault started for this uid, by its unguessable single-use state, and
+//!   only for the browser that started it (see [`super::oauth`]).
 //! * A request that changes anything (any method but GET and HEAD) must
 //!   carry `Origin` equal to this listener's origin and the session's CSRF
 //!   token in its form.
 //! * Every response forbids framing, inline script and style, and caching.
 //!
-//! Browsers send a cookie of 127.0.0.1 to every port there, so other local
-//! servers the browser visits see the session cookie too; it is useless to
-//! them, since only this uid's connections are served.
+//! Browsers do not keep cookies apart by port: a cookie of 127.0.0.1 goes
+//! to every port there, so other local servers the browser visits see the
+//! session cookie too. It is useless to them, since only this uid's
+//! connections are served; but any of them can also set a cookie of the
+//! same name and so replace it, which signs the browser out (see
+//! [`COOKIE`]).
 
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -28,16 +37,20 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::Response;
 use zeroize::Zeroizing;
 
 use super::Ui;
-use super::html::{Notice, error_page};
+use super::html::{Notice, Section, error_page, moving_on};
 
-/// The session cookie's name, before the port: cookies of 127.0.0.1 go to
-/// every port there, so each listener has a name of its own, and a cookie
-/// another local server sets under the same name cannot shadow it (every
-/// value sent under the name is tried).
+/// The session cookie's name, before the port. Cookies of 127.0.0.1 are
+/// shared by every port there, so the port in the name only keeps two
+/// `mcplexerctl ui` listeners from replacing each other's session; when a
+/// browser sends several values under the name, each is tried. It does not
+/// protect the session from other local servers: any of them can set a
+/// cookie of this name and replace it. That cannot sign anyone in (the
+/// value is checked), only out, and a fresh sign-in link
+/// ([`Guard::fresh_login`]) recovers without restarting.
 const COOKIE: &str = "mcplexer_ui_";
 
 /// The largest form accepted (secret values are at most 1 MiB).
@@ -138,13 +151,28 @@ impl Guard {
         ))
     }
 
+    /// A new one-time token, in place of any earlier one not yet used (only
+    /// the newest link printed works). The session, if any, stays until the
+    /// new token is used to sign in.
+    pub fn fresh_login(&self) -> std::io::Result<Zeroizing<String>> {
+        let token = random_token()?;
+        *self.login.lock().unwrap_or_else(PoisonError::into_inner) = Some(token.clone());
+        Ok(token)
+    }
+
+    /// The session cookie's name, which the OAuth flow cookies' names
+    /// start with.
+    pub fn cookie_name(&self) -> &str {
+        &self.cookie
+    }
+
     /// The host this listener is reached at, as URLs should name it.
     pub fn host(&self) -> &str {
         &self.hosts[1]
     }
 
-    /// Spends the one-time token: a new session, or `None` if `token` is
-    /// wrong or already used.
+    /// Spends the one-time token: a new session in place of any earlier
+    /// one, or `None` if `token` is wrong or already used.
     fn sign_in(&self, token: &str) -> Option<(Zeroizing<String>, Zeroizing<String>)> {
         let mut login = self.login.lock().unwrap_or_else(PoisonError::into_inner);
         let expected = login.as_ref()?;
@@ -170,7 +198,7 @@ impl Guard {
 }
 
 /// 32 random bytes from the kernel, as hex.
-fn random_token() -> std::io::Result<Zeroizing<String>> {
+pub fn random_token() -> std::io::Result<Zeroizing<String>> {
     use std::io::Read;
     let mut bytes = Zeroizing::new([0u8; 32]);
     std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes[..])?;
@@ -183,12 +211,15 @@ fn random_token() -> std::io::Result<Zeroizing<String>> {
 }
 
 /// Compares in time that depends on the length only.
-fn same(a: &[u8], b: &[u8]) -> bool {
+pub fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Every value of cookie `name` in the request's `Cookie` headers.
-fn cookies<'a>(headers: &'a axum::http::HeaderMap, name: &'a str) -> impl Iterator<Item = &'a str> {
+pub fn cookies<'a>(
+    headers: &'a axum::http::HeaderMap,
+    name: &'a str,
+) -> impl Iterator<Item = &'a str> {
     headers
         .get_all(header::COOKIE)
         .iter()
@@ -256,10 +287,19 @@ async fn decide(ui: &Ui, request: Request, next: Next) -> Response {
             return refuse(
                 StatusCode::FORBIDDEN,
                 "This sign-in link is spent",
-                "A sign-in link works once. Stop mcplexerctl ui and start it again for a new one.",
+                &format!(
+                    "A sign-in link works once, and only the newest one printed works. {}",
+                    fresh_link_hint()
+                ),
             );
         };
-        let mut response = Redirect::to("/scopes").into_response();
+        let mut response = moving_on(
+            "Signed in",
+            Section::None,
+            &Notice::ok("Signed in. Taking you to the Auth Scopes…"),
+            "/scopes",
+            "Continue to the Auth Scopes",
+        );
         if let Ok(value) = HeaderValue::from_str(&format!(
             "{}={}; HttpOnly; SameSite=Strict; Path=/",
             guard.cookie,
@@ -277,7 +317,10 @@ async fn decide(ui: &Ui, request: Request, next: Next) -> Response {
         return refuse(
             StatusCode::UNAUTHORIZED,
             "Not signed in",
-            "Open the sign-in link mcplexerctl ui printed (it works once). Without it, nothing here is served.",
+            &format!(
+                "Open the sign-in link mcplexerctl ui printed (it works once); without it, nothing here is served. {}",
+                fresh_link_hint()
+            ),
         );
     };
     if reads {
@@ -350,6 +393,14 @@ async fn read_body(body: Body, declared: usize) -> Option<Zeroizing<Vec<u8>>> {
     Some(buf)
 }
 
+/// How to get a new sign-in link from this very process.
+fn fresh_link_hint() -> String {
+    format!(
+        "For a fresh link, run `kill -USR1 {}`: mcplexerctl ui prints one on its terminal.",
+        std::process::id()
+    )
+}
+
 fn refuse(status: StatusCode, title: &str, message: &str) -> Response {
     error_page(status, title, &Notice::error(message))
 }
@@ -368,6 +419,20 @@ mod tests {
         assert_eq!(&*guard.session_csrf(&id).unwrap(), csrf.as_str());
         assert!(guard.session_csrf("forged").is_none());
         assert_eq!(guard.host(), "127.0.0.1:4000");
+    }
+
+    #[test]
+    fn a_fresh_token_replaces_an_unused_one_and_keeps_the_session() {
+        let (guard, first) = Guard::new("127.0.0.1:4000".parse().unwrap()).unwrap();
+        let (id, _) = guard.sign_in(&first).unwrap();
+        let second = guard.fresh_login().unwrap();
+        assert!(guard.session_csrf(&id).is_some());
+        let third = guard.fresh_login().unwrap();
+        assert_ne!(second.as_str(), third.as_str());
+        assert!(guard.sign_in(&second).is_none());
+        let (new_id, _) = guard.sign_in(&third).unwrap();
+        assert!(guard.session_csrf(&new_id).is_some());
+        assert!(guard.session_csrf(&id).is_none());
     }
 
     #[test]

@@ -137,6 +137,28 @@ pub fn error_page(status: StatusCode, title: &str, notice: &Notice) -> Response 
     (status, page(title, Section::None, Some(notice), "")).into_response()
 }
 
+/// A page that moves on to `to` at once by a `refresh` meta element (the
+/// CSP allows no inline script), with a link for a browser that does not.
+/// A navigation this page starts is the page's own: the browser counts it
+/// as coming from this origin, so the SameSite=Strict session cookie goes
+/// with it even when the page itself was reached from another site.
+pub fn moving_on(title: &str, section: Section, notice: &Notice, to: &str, link: &str) -> Response {
+    let body = format!(
+        "<p><a class=\"button\" href=\"{0}\">{1}</a></p>",
+        esc(to),
+        esc(link)
+    );
+    let page = page(title, section, Some(notice), &body).0.replacen(
+        "<title>",
+        &format!(
+            "<meta http-equiv=\"refresh\" content=\"0;url={}\"><title>",
+            esc(to)
+        ),
+        1,
+    );
+    Html(page).into_response()
+}
+
 /// The HTTP status for a vault error.
 pub fn http_status(status: &tonic::Status) -> StatusCode {
     use tonic::Code;

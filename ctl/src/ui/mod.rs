@@ -41,9 +41,9 @@ use crate::error::Failure;
 pub struct Ui {
     channel: Channel,
     guard: guard::Guard,
-    /// Authorizations started here and not yet back: state → scope id,
-    /// so the callback knows which scope page to return to.
-    flows: Mutex<HashMap<String, String>>,
+    /// Authorizations started here and not yet back, by state: the scope
+    /// page to return to and the browser that may come back.
+    flows: Mutex<HashMap<String, oauth::Flow>>,
 }
 
 impl Ui {
@@ -87,6 +87,10 @@ pub async fn run(ctx: &mut Ctx, args: UiArgs) -> Result<(), Failure> {
         guard,
         flows: Mutex::new(HashMap::new()),
     });
+    // Before the link is printed: until a handler is installed, SIGUSR1
+    // ends the process.
+    let fresh = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
+        .map_err(|e| Failure::Local(anyhow::anyhow!("cannot handle SIGUSR1: {e}")))?;
     // The link goes to this terminal only: anyone holding it could sign in
     // once, as this user.
     println!(
@@ -94,7 +98,10 @@ pub async fn run(ctx: &mut Ctx, args: UiArgs) -> Result<(), Failure> {
         ui.guard.host(),
         url.as_str()
     );
-    eprintln!("Stop it with Ctrl-C.");
+    eprintln!(
+        "Stop it with Ctrl-C. For a fresh sign-in link: kill -USR1 {}",
+        std::process::id()
+    );
     let opened = if args.no_browser {
         None
     } else {
@@ -105,15 +112,42 @@ pub async fn run(ctx: &mut Ctx, args: UiArgs) -> Result<(), Failure> {
     }
     drop(token);
     drop(url);
+    let printer = tokio::spawn(print_fresh_links(ui.clone(), fresh));
     let served = axum::serve(OwnUidOnly(listener), router(ui))
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
         })
         .await;
+    printer.abort();
     if let Some(Ok(file)) = opened {
         let _ = std::fs::remove_file(file);
     }
     served.map_err(|e| Failure::Local(anyhow::anyhow!("the UI server failed: {e}")))
+}
+
+/// Prints a fresh one-time sign-in link on each SIGUSR1, for a browser
+/// whose session is gone (a local server replaced its cookie, or it was
+/// closed) without restarting the UI. Like the first, the link goes to this
+/// terminal only.
+async fn print_fresh_links(ui: Arc<Ui>, mut signals: tokio::signal::unix::Signal) {
+    use std::io::Write;
+    while signals.recv().await.is_some() {
+        let token = match ui.guard.fresh_login() {
+            Ok(token) => token,
+            Err(e) => {
+                eprintln!("cannot make a sign-in token: {e}");
+                continue;
+            }
+        };
+        let line = zeroize::Zeroizing::new(format!(
+            "Fresh sign-in link (works once): http://{}/login?token={}\n",
+            ui.guard.host(),
+            token.as_str()
+        ));
+        // Not println!, which panics when the terminal is gone.
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(line.as_bytes()).and_then(|()| out.flush());
+    }
 }
 
 fn router(ui: Arc<Ui>) -> Router {

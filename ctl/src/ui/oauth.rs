@@ -8,42 +8,57 @@
 //! stays strict, and the return trip lands on a page of this origin, so
 //! the SameSite=Strict session cookie is sent again when it moves on to the
 //! scope.
+//!
+//! The callback needs no session (the provider's redirect is cross-site),
+//! so the state alone would let anyone holding it deliver a code of their
+//! own into this scope, where the provider does not require PKCE. Authorize
+//! therefore also gives the browser a flow cookie (random, HttpOnly,
+//! SameSite=Lax so that the provider's top-level redirect back carries it,
+//! path `/oauth/callback`, 10 minutes), and the callback completes a flow
+//! only for a request that carries it: the code must come back through the
+//! browser that went out. A page open in that same browser could still
+//! navigate it to the callback with the cookie; the state stays the
+//! secret that stops that.
 
 use std::sync::{Arc, PoisonError};
 
 use axum::extract::{Path, RawQuery, State};
-use axum::http::StatusCode;
-use axum::response::{Html, IntoResponse};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use mcplexer_proto::v1::{CompleteAuthorizationRequest, RevokeRequest, StartAuthorizationRequest};
 use zeroize::Zeroizing;
 
-use super::guard::field;
-use super::html::{self, Notice, Section, esc, url_part};
+use super::guard::{cookies, field, random_token, same};
+use super::html::{self, Notice, Section, esc, moving_on, url_part};
 use super::{Page, Ui, see_other};
 
 /// Flows in flight kept at most (a browser abandoned on the provider's
 /// page leaves one behind; the vault forgets its state after 10 minutes).
 const MAX_FLOWS: usize = 64;
 
-/// A page that moves on to `to` at once (and says where, for a browser
-/// that does not).
-fn moving_on(title: &str, notice: &Notice, to: &str, link: &str) -> axum::response::Response {
-    let body = format!(
-        "<p><a class=\"button\" href=\"{0}\">{1}</a></p>",
-        esc(to),
-        esc(link)
-    );
-    let page = html::page(title, Section::Scopes, Some(notice), &body)
-        .0
-        .replacen(
-            "<title>",
-            &format!(
-                "<meta http-equiv=\"refresh\" content=\"0;url={}\"><title>",
-                esc(to)
-            ),
-            1,
-        );
-    Html(page).into_response()
+/// How long the flow cookie lives, in seconds: as long as the vault keeps
+/// the flow's state.
+const FLOW_COOKIE_SECS: u32 = 600;
+
+/// An authorization started here and not yet back.
+pub struct Flow {
+    /// The scope page to return to.
+    scope: String,
+    /// The name of the flow cookie given to the browser that started it:
+    /// one per flow, so flows in several tabs do not replace each other's.
+    cookie: String,
+    /// Its value, which the callback must be sent.
+    binding: Zeroizing<String>,
+}
+
+/// The `Set-Cookie` value for the flow cookie `name`: `value` for
+/// [`FLOW_COOKIE_SECS`], or, with `None`, its removal.
+fn flow_cookie(name: &str, value: Option<&str>) -> Option<HeaderValue> {
+    let (value, age) = value.map_or(("", 0), |v| (v, FLOW_COOKIE_SECS));
+    HeaderValue::from_str(&format!(
+        "{name}={value}; HttpOnly; SameSite=Lax; Path=/oauth/callback; Max-Age={age}"
+    ))
+    .ok()
 }
 
 /// `POST /scopes/{id}/authorize`.
@@ -76,41 +91,94 @@ pub async fn authorize(State(ui): State<Arc<Ui>>, Path(id): Path<String>) -> Pag
                 .into_response());
         }
     };
+    let made = random_token().and_then(|name| Ok((name, random_token()?)));
+    let Ok((name, binding)) = made else {
+        return Err(html::error_page(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Authorize",
+            &Notice::error("Cannot read random bytes for the flow cookie. Nothing was started."),
+        ));
+    };
+    let cookie = format!("{}_flow_{}", ui.guard.cookie_name(), &name[..16]);
+    let set_cookie = flow_cookie(&cookie, Some(&binding));
     {
         let mut flows = ui.flows.lock().unwrap_or_else(PoisonError::into_inner);
         if flows.len() >= MAX_FLOWS {
             flows.clear();
         }
-        flows.insert(start.state.clone(), id);
+        flows.insert(
+            start.state.clone(),
+            Flow {
+                scope: id,
+                cookie,
+                binding,
+            },
+        );
     }
-    Ok(moving_on(
+    let mut response = moving_on(
         "Authorize",
+        Section::Scopes,
         &Notice::ok("Taking you to the provider to authorize this scope…"),
         &start.authorization_url,
         "Continue to the provider",
-    ))
+    );
+    if let Some(value) = set_cookie {
+        response.headers_mut().insert(header::SET_COOKIE, value);
+    }
+    Ok(response)
 }
 
-/// `GET /oauth/callback?code=…&state=…[&iss=…]` or `?error=…`.
-pub async fn callback(State(ui): State<Arc<Ui>>, RawQuery(query): RawQuery) -> Page {
+/// `GET /oauth/callback?code=…&state=…[&iss=…]` or `?error=…`, from the
+/// browser holding the flow's cookie.
+pub async fn callback(
+    State(ui): State<Arc<Ui>>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Page {
     let query = Zeroizing::new(query.unwrap_or_default());
-    let get = |key: &str| field(query.as_bytes(), key);
-    let state = get("state").map(|s| s.to_string()).unwrap_or_default();
-    let scope = ui
-        .flows
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .remove(&state);
-    let Some(scope) = scope else {
-        return Err(html::error_page(
+    let state = field(query.as_bytes(), "state")
+        .map(|s| s.to_string())
+        .unwrap_or_default();
+    let flow = {
+        let mut flows = ui.flows.lock().unwrap_or_else(PoisonError::into_inner);
+        match flows.get(&state) {
+            None => Err(UNKNOWN_FLOW),
+            // Left in place: a request that only knows the state must not
+            // be able to cancel the flow the right browser completes.
+            Some(flow)
+                if !cookies(&headers, &flow.cookie)
+                    .any(|v| same(v.as_bytes(), flow.binding.as_bytes())) =>
+            {
+                Err(OTHER_BROWSER)
+            }
+            Some(_) => flows.remove(&state).ok_or(UNKNOWN_FLOW),
+        }
+    };
+    let flow = flow.map_err(|why| {
+        html::error_page(
             StatusCode::BAD_REQUEST,
             "Authorization refused",
-            &Notice::error(
-                "This redirect does not belong to an authorization started here (a stale, repeated or forged one). Nothing was stored.",
-            ),
-        ));
+            &Notice::error(why),
+        )
+    })?;
+    let mut result = complete(&ui, &flow.scope, state, &query).await;
+    let page = match &mut result {
+        Ok(page) | Err(page) => page,
     };
-    let back = format!("/scopes/{}", url_part(&scope));
+    if let Some(value) = flow_cookie(&flow.cookie, None) {
+        page.headers_mut().insert(header::SET_COOKIE, value);
+    }
+    result
+}
+
+const UNKNOWN_FLOW: &str = "This redirect does not belong to an authorization started here (a stale, repeated or forged one). Nothing was stored.";
+
+const OTHER_BROWSER: &str = "This redirect did not come back to the browser that started the authorization (its flow cookie is missing). Nothing was stored. Click Authorize again in the browser you want to use.";
+
+/// Completes the flow of `scope` with the provider's answer in `query`.
+async fn complete(ui: &Ui, scope: &str, state: String, query: &str) -> Page {
+    let get = |key: &str| field(query.as_bytes(), key);
+    let back = format!("/scopes/{}", url_part(scope));
     if let Some(error) = get("error") {
         let description = get("error_description")
             .map(|d| d.to_string())
@@ -143,6 +211,7 @@ pub async fn callback(State(ui): State<Arc<Ui>>, RawQuery(query): RawQuery) -> P
     match completed {
         Ok(_) => Ok(moving_on(
             "Authorized",
+            Section::Scopes,
             &Notice::ok("Authorized: the vault holds the tokens."),
             &format!("{back}?done=authorized"),
             "Back to the scope",
@@ -151,7 +220,7 @@ pub async fn callback(State(ui): State<Arc<Ui>>, RawQuery(query): RawQuery) -> P
     }
 }
 
-fn failure(back: &str, notice: &Notice) -> axum::response::Response {
+fn failure(back: &str, notice: &Notice) -> Response {
     let body = format!(
         "<p><a class=\"button\" href=\"{}\">Back to the scope</a></p>",
         esc(back)

@@ -6,7 +6,10 @@
 //! with a foreign or missing `Origin`, or without the session's CSRF token,
 //! is refused and changes nothing; a request naming another host (DNS
 //! rebinding) is refused; another uid's connection is closed unanswered;
-//! every answer carries the CSP and its companions. And the pages: a scope
+//! every answer carries the CSP and its companions. A browser whose session
+//! is gone is told how to get a fresh link, and SIGUSR1 prints one. The
+//! OAuth callback completes a flow only for the request carrying the flow
+//! cookie Authorize set, never on the state alone. And the pages: a scope
 //! made with the form, a value set through it (never shown again: the
 //! value is in no response), a route linking the scope with the transport
 //! check shown, and a refused change showing the vault's message and fix.
@@ -16,18 +19,24 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Child, ChildStdout, Command, Stdio};
 
-use mcplexer_tests::oauth::{HttpResponse, form_encode, http_request};
+use mcplexer_tests::oauth::{
+    HttpResponse, OAuthServer, browser_authorize, form_encode, http_request,
+};
+use mcplexer_tests::oauth_vault::{Client, configure};
 use mcplexer_tests::{Vault, VaultOptions, bin};
 
 const VALUE: &str = "ui-secret-value-5e0c2b";
 /// The vault's client group and a user in it.
 const G: u32 = 47000;
 
-/// A running `mcplexerctl ui --no-browser` against `vault`.
+/// A running `mcplexerctl ui` against `vault`.
 pub struct UiProcess {
     child: Child,
+    /// What it prints: the sign-in link first, then each fresh one.
+    output: BufReader<ChildStdout>,
     /// `http://127.0.0.1:PORT`.
     pub base: String,
     /// The one-time sign-in link it printed.
@@ -35,37 +44,88 @@ pub struct UiProcess {
 }
 
 impl UiProcess {
-    /// Starts it and reads the sign-in link from its first line.
+    /// Starts it with `--no-browser` and reads the sign-in link it prints.
     pub fn start(vault: &Vault) -> Self {
-        let mut child = Command::new(bin("mcplexerctl"))
-            .arg("--socket")
-            .arg(&vault.socket)
-            .args(["ui", "--no-browser"])
+        let mut cmd = Self::command(vault);
+        cmd.arg("--no-browser");
+        Self::spawn(cmd)
+    }
+
+    /// Starts it as a person does, opening a browser: the first `xdg-open`
+    /// on its `PATH` is the one in `opener_dir`, and the page it hands that
+    /// opener is written in `runtime_dir` (its `XDG_RUNTIME_DIR`).
+    pub fn start_opening(vault: &Vault, opener_dir: &Path, runtime_dir: &Path) -> Self {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let mut dirs = vec![opener_dir.to_owned()];
+        dirs.extend(std::env::split_paths(&path));
+        let mut cmd = Self::command(vault);
+        cmd.env("PATH", std::env::join_paths(dirs).unwrap())
+            .env("XDG_RUNTIME_DIR", runtime_dir);
+        Self::spawn(cmd)
+    }
+
+    fn command(vault: &Vault) -> Command {
+        let mut cmd = Command::new(bin("mcplexerctl"));
+        cmd.arg("--socket").arg(&vault.socket).arg("ui");
+        cmd
+    }
+
+    fn spawn(mut cmd: Command) -> Self {
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
+        let output = BufReader::new(child.stdout.take().unwrap());
+        let mut ui = Self {
+            child,
+            output,
+            base: String::new(),
+            login: String::new(),
+        };
+        ui.login = ui.next_link();
+        ui.base = ui.login.split("/login").next().unwrap().to_owned();
+        ui
+    }
+
+    /// The next sign-in link it prints (blocks until it does).
+    pub fn next_link(&mut self) -> String {
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let login = line
-            .split_whitespace()
+        let n = self.output.read_line(&mut line).unwrap();
+        assert!(n > 0, "mcplexerctl ui ended its output");
+        line.split_whitespace()
             .find(|w| w.contains("/login?token="))
             .unwrap_or_else(|| panic!("no sign-in link in {line:?}"))
-            .to_owned();
-        let base = login.split("/login").next().unwrap().to_owned();
-        Self { child, base, login }
+            .to_owned()
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Asks it for a fresh sign-in link (SIGUSR1) and reads the link it
+    /// prints.
+    pub fn fresh_link(&mut self) -> String {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.pid()).unwrap());
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGUSR1).unwrap();
+        self.next_link()
     }
 
     /// Signs in; returns the `Cookie` header value.
     pub fn sign_in(&self) -> String {
-        let r = http_request("GET", &self.login, &[], None);
-        assert_eq!(r.status, 303, "{r:?}");
-        let cookie = r.header("set-cookie").unwrap().to_owned();
-        cookie.split(';').next().unwrap().to_owned()
+        sign_in_with(&self.login)
     }
+}
+
+/// Signs in with the one-time link `login`; returns the `Cookie` header
+/// value.
+fn sign_in_with(login: &str) -> String {
+    let r = http_request("GET", login, &[], None);
+    assert_eq!(r.status, 200, "{r:?}");
+    let cookie = r.header("set-cookie").unwrap().to_owned();
+    cookie.split(';').next().unwrap().to_owned()
 }
 
 impl Drop for UiProcess {
@@ -178,10 +238,16 @@ fn nothing_is_served_without_the_session_and_the_token_works_once() {
 
     let wrong = get(&ui, "/login?token=0000", None);
     assert_eq!(wrong.status, 403, "{wrong:?}");
+    // A page that moves on, not a redirect: a browser sent here from
+    // another site (or a file) sends the cookie only on a navigation of
+    // this origin's own page.
     let r = http_request("GET", &ui.login, &[], None);
-    assert_eq!(
-        (r.status, r.header("location")),
-        (303, Some("/scopes")),
+    assert_eq!((r.status, r.header("location")), (200, None), "{r:?}");
+    assert_hardened(&r);
+    assert!(
+        r.body
+            .contains("<meta http-equiv=\"refresh\" content=\"0;url=/scopes\">")
+            && r.body.contains("href=\"/scopes\""),
         "{r:?}"
     );
     let set_cookie = r.header("set-cookie").unwrap();
@@ -466,4 +532,116 @@ fn objects_from_yaml_are_shown_read_only_with_their_source() {
     assert!(!page.body.contains("/scopes/from-yaml/delete"), "{page:?}");
     // Its values are not part of the YAML: they are set here.
     assert!(page.body.contains("/scopes/from-yaml/secrets"), "{page:?}");
+}
+
+#[test]
+fn a_lost_session_is_recovered_with_a_fresh_link_from_sigusr1() {
+    let vault = Vault::start();
+    let mut ui = UiProcess::start(&vault);
+    let cookie = ui.sign_in();
+    let hint = format!("kill -USR1 {}", ui.pid());
+    // Another local server replaced the cookie: signed out, and told how
+    // to get back in without restarting.
+    let name = cookie.split('=').next().unwrap();
+    let lost = get(&ui, "/scopes", Some(&format!("{name}=replaced")));
+    assert_eq!(lost.status, 401, "{lost:?}");
+    assert!(lost.body.contains(&hint), "{lost:?}");
+    let spent = http_request("GET", &ui.login, &[], None);
+    assert_eq!(spent.status, 403, "{spent:?}");
+    assert!(spent.body.contains(&hint), "{spent:?}");
+
+    let fresh = ui.fresh_link();
+    assert!(
+        fresh.starts_with(&format!("{}/login?token=", ui.base)) && fresh != ui.login,
+        "{fresh}"
+    );
+    // Asking for a link signs nobody out.
+    assert_eq!(get(&ui, "/scopes", Some(&cookie)).status, 200);
+    let again = sign_in_with(&fresh);
+    assert_eq!(get(&ui, "/scopes", Some(&again)).status, 200);
+    assert_eq!(http_request("GET", &fresh, &[], None).status, 403);
+
+    // Only the newest link printed works.
+    let older = ui.fresh_link();
+    let newest = ui.fresh_link();
+    assert_eq!(http_request("GET", &older, &[], None).status, 403);
+    let last = sign_in_with(&newest);
+    assert_eq!(get(&ui, "/scopes", Some(&last)).status, 200);
+}
+
+#[test]
+fn the_oauth_callback_completes_only_in_the_browser_that_started_it() {
+    let server = OAuthServer::start(3600);
+    let vault = Vault::start();
+    configure(&vault, &server, Client::Public, "idp", "gh");
+    let ui = UiProcess::start(&vault);
+    let cookie = ui.sign_in();
+    let token = csrf(&get(&ui, "/scopes/gh", Some(&cookie)));
+    let started = post(
+        &ui,
+        "/scopes/gh/authorize",
+        Some(&cookie),
+        Some(&ui.base),
+        &[("csrf", token.as_str())],
+    );
+    assert_eq!(started.status, 200, "{started:?}");
+    let set_cookie = started.header("set-cookie").unwrap();
+    for part in [
+        "HttpOnly",
+        "SameSite=Lax",
+        "Path=/oauth/callback",
+        "Max-Age=600",
+    ] {
+        assert!(set_cookie.contains(part), "{part} missing in {set_cookie}");
+    }
+    let flow_cookie = set_cookie.split(';').next().unwrap();
+    let marker = "content=\"0;url=";
+    let at = started.body.find(marker).unwrap() + marker.len();
+    let rest = &started.body[at..];
+    let url = rest[..rest.find('"').unwrap()].replace("&amp;", "&");
+    let redirect = browser_authorize(&url);
+    assert!(
+        redirect.starts_with(&format!("{}/oauth/callback?", ui.base)),
+        "{redirect}"
+    );
+
+    // The provider's real code and state, delivered by a request without
+    // the flow cookie (another browser, or a page with a leaked state):
+    // refused, nothing stored, the flow kept for its own browser.
+    let name = flow_cookie.split('=').next().unwrap();
+    let forged = format!("{name}={}", "0".repeat(64));
+    for (cookie, what) in [
+        (None, "no cookie"),
+        (Some(forged.as_str()), "a wrong flow cookie"),
+        (Some(cookie.as_str()), "the session cookie alone"),
+    ] {
+        let headers: Vec<(&str, &str)> = cookie.map(|c| ("Cookie", c)).into_iter().collect();
+        let r = http_request("GET", &redirect, &headers, None);
+        assert_eq!(r.status, 400, "{what}: {r:?}");
+        assert!(
+            r.body.contains("did not come back to the browser"),
+            "{what}: {r:?}"
+        );
+        assert_hardened(&r);
+    }
+    let status = vault.ctl(["--json", "auth", "status", "gh"]).json();
+    assert_eq!(status[0]["status"], "unauthorized", "{status:#}");
+
+    // The browser that started it completes it, and its cookie is cleared.
+    let done = http_request("GET", &redirect, &[("Cookie", flow_cookie)], None);
+    assert_eq!(done.status, 200, "{done:?}");
+    assert!(done.body.contains("Authorized"), "{done:?}");
+    let cleared = done.header("set-cookie").unwrap();
+    assert!(
+        cleared.starts_with(&format!("{name}=;")) && cleared.contains("Max-Age=0"),
+        "{cleared}"
+    );
+    let status = vault.ctl(["--json", "auth", "status", "gh"]).json();
+    assert_eq!(status[0]["status"], "valid", "{status:#}");
+    let replay = http_request("GET", &redirect, &[("Cookie", flow_cookie)], None);
+    assert_eq!(replay.status, 400, "{replay:?}");
+    assert!(
+        replay.body.contains("does not belong to an authorization"),
+        "{replay:?}"
+    );
 }

@@ -5,10 +5,17 @@
 //! Proves, end to end with the real vault, the real UI and a real
 //! authorization server (`oauth_server.mjs` with GitHub's endpoint paths and
 //! a consent page a person must approve):
+//! * signing in the way `mcplexerctl ui` does it when it opens the browser
+//!   itself works: it hands `xdg-open` (here a stand-in first on its `PATH`
+//!   that records what it was given) the path of a private page, not the
+//!   link; the browser opens that page as a `file://` URL, follows it to
+//!   the one-time link and lands signed in on Auth Scopes;
 //! * an oauth2 scope made from the GitHub template (base_url = the test
 //!   server's issuer, its client_secret_post client, scopes replaced) is
 //!   authorized through the UI's Authorize button and the provider's Approve
-//!   button, and the browser lands back on the scope with status `valid`;
+//!   button, and the browser lands back on the scope with status `valid`
+//!   (the callback completes only with the flow cookie Authorize set, so
+//!   the browser sent it back on the provider's cross-site redirect);
 //!   the vault agrees (`auth status`), and the access token it releases is
 //!   live at the provider;
 //! * the scope is linked to a route of a stdio server through the Routes
@@ -23,7 +30,8 @@
 //! `<CARGO_TARGET_TMPDIR>/ui-browser/` (`target/tmp/ui-browser/`), made anew
 //! on each run.
 //!
-//! Waits: on processes and on the browser's own waits for pages; no sleeps.
+//! Waits: on processes and on the browser's own waits for pages; the one
+//! poll, for the file the stand-in `xdg-open` writes, has a deadline.
 
 // Test code: a failed step must abort the test, hence unwrap and expect.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -31,7 +39,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use mcplexer_tests::oauth::{
     Interactions, OAuthOptions, OAuthServer, POST_CLIENT_ID, POST_CLIENT_SECRET,
@@ -54,6 +62,44 @@ const TOKEN_VAR: &str = "GITHUB_TOKEN";
 /// The env scope's value, typed into the write-only field.
 const ENV_KEY: &str = "DEPLOY_TOKEN";
 const ENV_VALUE: &str = "env-secret-value-7c41d09e3b";
+
+/// How long `mcplexerctl ui` may take to call `xdg-open`.
+const OPENER_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Writes into `dir` an executable `xdg-open` that records its argument in
+/// the file `opened` next to it (whole, by a rename); returns that file.
+fn fake_opener(dir: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let opened = dir.join("opened");
+    let script = dir.join("xdg-open");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nprintf '%s\\n' \"$1\" > '{0}.part' && mv '{0}.part' '{0}'\n",
+            opened.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    opened
+}
+
+/// What the stand-in `xdg-open` was given, once it has run.
+fn wait_for_opener(opened: &Path) -> String {
+    let deadline = Instant::now() + OPENER_DEADLINE;
+    loop {
+        match std::fs::read_to_string(opened) {
+            Ok(text) => return text.trim_end_matches('\n').to_owned(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => panic!("cannot read {}: {e}", opened.display()),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "mcplexerctl ui did not run xdg-open within {OPENER_DEADLINE:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
 
 /// Where the screenshots and pages go, emptied first.
 fn artifacts_dir() -> PathBuf {
@@ -93,11 +139,22 @@ fn a_person_authorizes_links_and_sets_secrets_in_a_real_browser() {
     });
     let vault = Vault::start();
     vault.create_stdio_server(SERVER, "Tools");
-    let ui = UiProcess::start(&vault);
+    let opener_dir = tempfile::tempdir().unwrap();
+    let runtime_dir = tempfile::tempdir().unwrap();
+    let opened = fake_opener(opener_dir.path());
+    let ui = UiProcess::start_opening(&vault, opener_dir.path(), runtime_dir.path());
     let artifacts = artifacts_dir();
 
+    // The opener gets a page of this user's, never the link itself
+    // (command lines are readable by every user).
+    let page = wait_for_opener(&opened);
+    assert!(
+        Path::new(&page).starts_with(runtime_dir.path()) && !page.contains("token="),
+        "xdg-open was given {page:?}"
+    );
     let config = json!({
-        "login": ui.login,
+        "ui": ui.base,
+        "login": format!("file://{page}"),
         "issuer": server.issuer,
         "client_id": POST_CLIENT_ID,
         "client_secret": POST_CLIENT_SECRET,
