@@ -1,7 +1,8 @@
 //! Authorisation: the peer's kernel credentials → a [`Caller`], the
 //! deny-by-default table of which role may call which RPC, and the object
 //! rules of DESIGN §2 (owners manage their objects; credentials go to the
-//! owner and the grantees of a scope, and to nobody else — admins included).
+//! owner and the grantees of a scope, and to nobody else — admins included;
+//! a user sees, and builds on, only its own and system-wide objects).
 //!
 //! Trust: only SO_PEERCRED and SO_PEERGROUPS, read by the kernel when the
 //! peer connected, decide who a caller is. Nothing a peer sends does.
@@ -10,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::error::{Result, VaultError};
-use crate::model::{ConfigState, OwnerSpec, ScopeSpec};
+use crate::model::{ConfigState, Document, Kind, OwnerSpec, ScopeSpec};
 use crate::store::Snapshot;
 use crate::sys;
 
@@ -241,65 +242,66 @@ impl Authorizer {
         })
     }
 
+    /// The uid the daemon runs as.
+    pub fn daemon_uid(&self) -> u32 {
+        self.daemon_uid
+    }
+
     /// Whether `owner` is the daemon or root (their objects apply to everyone).
     fn is_system_owner(&self, owner: Option<u32>) -> bool {
-        owner.is_none_or(|uid| uid == 0 || uid == self.daemon_uid)
+        is_system_owner(owner, self.daemon_uid)
+    }
+
+    /// Whether a user may build on an object owned by `owner`: its own, or
+    /// a system-wide one.
+    fn mine_or_system(&self, caller: &Caller, owner: Option<&OwnerSpec>) -> bool {
+        let owner = owner.and_then(OwnerSpec::uid);
+        owner == Some(caller.uid()) || self.is_system_owner(owner)
     }
 
     /// The subset of the configuration `caller` may see (DESIGN §2): admins
-    /// see all; users see their own objects, system-wide ones, and what
-    /// their usable scopes pull in.
+    /// see all; users see their own scopes and the ones granted to them
+    /// (with their providers), and only their own or system-wide servers,
+    /// workspaces and routes. Being granted a scope does not bring in its
+    /// owner's routes or servers: the proxy runs what it is shown, as the
+    /// caller, so anything another user wrote there would run as the caller.
+    /// A route is shown only with its server and workspace, so the proxy
+    /// never holds a route it cannot follow.
     pub fn visible(&self, caller: &Caller, snap: &Snapshot) -> ConfigState {
         let config = &snap.config;
         if caller.is_admin() {
             return (**config).clone();
         }
         let uid = caller.uid();
-        let owned = |o: &Option<OwnerSpec>| o.as_ref().and_then(OwnerSpec::uid);
+        let mine = |o: &Option<OwnerSpec>| self.mine_or_system(caller, o.as_ref());
         let mut out = ConfigState::default();
         for (id, s) in &config.scopes {
-            if owned(&s.spec.owner) == Some(uid) || self.may_use_scope(caller, snap, id) {
+            let owned = s.spec.owner.as_ref().and_then(OwnerSpec::uid) == Some(uid);
+            if owned || self.may_use_scope(caller, snap, id) {
                 out.scopes.insert(id.clone(), s.clone());
                 if let Some(meta) = config.secrets.get(id) {
                     out.secrets.insert(id.clone(), meta.clone());
                 }
             }
         }
-        for (id, r) in &config.routes {
-            let owner = owned(&r.spec.owner);
-            let mine = owner == Some(uid) || self.is_system_owner(owner);
-            let scoped =
-                !r.spec.auth_scope_id.is_empty() && out.scopes.contains_key(&r.spec.auth_scope_id);
-            if mine || scoped {
-                out.routes.insert(id.clone(), r.clone());
-            }
-        }
-        let wanted_servers: HashSet<&str> = out
-            .routes
-            .values()
-            .map(|r| r.spec.downstream_server_id.as_str())
-            .collect();
         for (id, s) in &config.servers {
-            let owner = owned(&s.spec.owner);
-            if owner == Some(uid)
-                || self.is_system_owner(owner)
-                || wanted_servers.contains(id.as_str())
-            {
+            if mine(&s.spec.owner) {
                 out.servers.insert(id.clone(), s.clone());
             }
         }
-        let wanted_workspaces: HashSet<&str> = out
-            .routes
-            .values()
-            .map(|r| crate::model::route_workspace(&r.spec))
-            .collect();
         for (id, w) in &config.workspaces {
-            let owner = owned(&w.spec.owner);
-            if owner == Some(uid)
-                || self.is_system_owner(owner)
-                || wanted_workspaces.contains(id.as_str())
-            {
+            if mine(&w.spec.owner) {
                 out.workspaces.insert(id.clone(), w.clone());
+            }
+        }
+        for (id, r) in &config.routes {
+            let server = &r.spec.downstream_server_id;
+            let followable = (server.is_empty() || out.servers.contains_key(server))
+                && out
+                    .workspaces
+                    .contains_key(crate::model::route_workspace(&r.spec));
+            if mine(&r.spec.owner) && followable {
+                out.routes.insert(id.clone(), r.clone());
             }
         }
         let wanted_providers: HashSet<&str> = out
@@ -308,11 +310,7 @@ impl Authorizer {
             .map(|s| s.spec.oauth_provider_id.as_str())
             .collect();
         for (id, p) in &config.providers {
-            let owner = owned(&p.spec.owner);
-            if owner == Some(uid)
-                || self.is_system_owner(owner)
-                || wanted_providers.contains(id.as_str())
-            {
+            if mine(&p.spec.owner) || wanted_providers.contains(id.as_str()) {
                 out.providers.insert(id.clone(), p.clone());
                 if config.provider_secrets.contains(id) {
                     out.provider_secrets.insert(id.clone());
@@ -320,6 +318,99 @@ impl Authorizer {
             }
         }
         out
+    }
+
+    /// Refuses a user's object `kind`/`id` that refers (`refs`) to objects
+    /// the user may not build on: a route may name only scopes the user owns
+    /// or is granted, and servers and workspaces it owns or that are
+    /// system-wide; a scope only providers it owns or that are system-wide
+    /// (a provider's owner can re-point its endpoints, and with them where
+    /// the scope's tokens go). Objects of `doc`, the document being applied,
+    /// count as the caller's: they are owner-checked already. An object the
+    /// caller cannot see is NOT_FOUND, exactly as a missing one, so a
+    /// refusal does not reveal that it exists. Admins may refer to anything.
+    pub fn check_references(
+        &self,
+        caller: &Caller,
+        snap: &Snapshot,
+        doc: Option<&Document>,
+        (kind, id): (Kind, &str),
+        refs: &[(Kind, &str)],
+    ) -> Result<()> {
+        if caller.is_admin() {
+            return Ok(());
+        }
+        let config = &snap.config;
+        for &(ref_kind, ref_id) in refs {
+            if doc.is_some_and(|d| in_document(d, ref_kind, ref_id)) {
+                continue;
+            }
+            if ref_kind == Kind::Scope {
+                let owned = config
+                    .scopes
+                    .get(ref_id)
+                    .and_then(|s| s.spec.owner.as_ref())
+                    .and_then(OwnerSpec::uid)
+                    == Some(caller.uid());
+                if owned || self.may_use_scope(caller, snap, ref_id) {
+                    continue;
+                }
+                return Err(VaultError::denied(format!(
+                    "{} {id}: uid {} may route only auth scopes it owns or is granted, and auth_scope {ref_id} is neither",
+                    kind.name(),
+                    caller.uid(),
+                )));
+            }
+            match owner_of(config, ref_kind, ref_id) {
+                Some(owner) if self.mine_or_system(caller, owner) => continue,
+                Some(_)
+                    if ref_kind == Kind::Provider
+                        && self.visible(caller, snap).providers.contains_key(ref_id) =>
+                {
+                    return Err(VaultError::denied(format!(
+                        "{} {id}: uid {} may use only oauth providers it owns or system-wide ones, and oauth_provider {ref_id} is neither",
+                        kind.name(),
+                        caller.uid(),
+                    )));
+                }
+                _ => {
+                    return Err(VaultError::not_found(
+                        ref_kind.name(),
+                        ref_id,
+                        ref_kind.noun(),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether `owner` is root or the daemon's own uid, or nobody (built-in
+/// objects): such objects are system-wide, managed by admins alike.
+pub fn is_system_owner(owner: Option<u32>, daemon_uid: u32) -> bool {
+    owner.is_none_or(|uid| uid == 0 || uid == daemon_uid)
+}
+
+/// The owner of object `kind`/`id`, if the object exists.
+fn owner_of<'a>(config: &'a ConfigState, kind: Kind, id: &str) -> Option<Option<&'a OwnerSpec>> {
+    match kind {
+        Kind::Scope => config.scopes.get(id).map(|o| o.spec.owner.as_ref()),
+        Kind::Provider => config.providers.get(id).map(|o| o.spec.owner.as_ref()),
+        Kind::Server => config.servers.get(id).map(|o| o.spec.owner.as_ref()),
+        Kind::Workspace => config.workspaces.get(id).map(|o| o.spec.owner.as_ref()),
+        Kind::Route => config.routes.get(id).map(|o| o.spec.owner.as_ref()),
+    }
+}
+
+/// Whether `doc` holds object `kind`/`id`.
+fn in_document(doc: &Document, kind: Kind, id: &str) -> bool {
+    match kind {
+        Kind::Scope => doc.auth_scopes.iter().any(|o| o.id == id),
+        Kind::Provider => doc.oauth_providers.iter().any(|o| o.id == id),
+        Kind::Server => doc.downstream_servers.iter().any(|o| o.id == id),
+        Kind::Workspace => doc.workspaces.iter().any(|o| o.id == id),
+        Kind::Route => doc.route_rules.iter().any(|o| o.id == id),
     }
 }
 

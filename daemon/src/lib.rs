@@ -205,7 +205,7 @@ async fn apply_config(store: &Store, path: &Path, uid: u32) -> Result<(), StartE
         role: Role::Admin,
     };
     let changes = store
-        .write(move |ctx| ops::apply(ctx, &caller, ops::Applier::ConfigFile, &doc, false))
+        .write(move |ctx| ops::apply(ctx, &caller, ops::Applier::ConfigFile, uid, &doc, false))
         .await
         .map_err(|e| {
             StartError(format!(

@@ -3,7 +3,7 @@
 //! validates the whole resulting configuration before it writes anything, so
 //! a refused operation changes nothing.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 use zeroize::Zeroizing;
@@ -12,7 +12,8 @@ use crate::authz::Caller;
 use crate::error::{Result, VaultError};
 use crate::model::{
     ConfigState, Document, Kind, Normalize, Obj, OwnerSpec, ProviderSpec, RouteSpec, ScopeSpec,
-    ScopeType, ServerSpec, Source, WorkspaceSpec, is_env_name, is_header_name, validate_state,
+    ScopeType, ServerSpec, Source, WorkspaceSpec, is_env_name, is_header_name, route_workspace,
+    validate_state,
 };
 use crate::store::WriteCtx;
 
@@ -29,16 +30,17 @@ pub trait Object: Normalize + Serialize + Clone + PartialEq + Send + 'static {
     fn owner(&self) -> Option<&OwnerSpec>;
     /// Its list in a document.
     fn list(doc: &Document) -> &Vec<Self>;
-    /// The auth scope it routes credentials from (route rules only).
-    fn routed_scope(&self) -> Option<&str> {
-        None
+    /// The objects it names, by kind and id: what a user may build on is
+    /// checked on these (`Authorizer::check_references`).
+    fn references(&self) -> Vec<(Kind, &str)> {
+        Vec::new()
     }
 }
 
 macro_rules! object {
-    ($ty:ty, $field:ident, $doc:ident $(, $routed:item)?) => {
+    ($ty:ty, $field:ident, $doc:ident $(, $references:item)?) => {
         impl Object for $ty {
-            $($routed)?
+            $($references)?
             fn map(state: &ConfigState) -> &BTreeMap<String, Obj<Self>> {
                 &state.$field
             }
@@ -55,7 +57,14 @@ macro_rules! object {
     };
 }
 
-object!(ScopeSpec, scopes, auth_scopes);
+object!(
+    ScopeSpec,
+    scopes,
+    auth_scopes,
+    fn references(&self) -> Vec<(Kind, &str)> {
+        non_empty(&[(Kind::Provider, &self.oauth_provider_id)])
+    }
+);
 object!(ProviderSpec, providers, oauth_providers);
 object!(ServerSpec, servers, downstream_servers);
 object!(WorkspaceSpec, workspaces, workspaces);
@@ -63,10 +72,21 @@ object!(
     RouteSpec,
     routes,
     route_rules,
-    fn routed_scope(&self) -> Option<&str> {
-        Some(self.auth_scope_id.as_str()).filter(|s| !s.is_empty())
+    fn references(&self) -> Vec<(Kind, &str)> {
+        non_empty(&[
+            (Kind::Scope, &self.auth_scope_id),
+            (Kind::Server, &self.downstream_server_id),
+            (Kind::Workspace, route_workspace(self)),
+        ])
     }
 );
+
+fn non_empty<'a>(refs: &[(Kind, &'a str)]) -> Vec<(Kind, &'a str)> {
+    refs.iter()
+        .copied()
+        .filter(|(_, id)| !id.is_empty())
+        .collect()
+}
 
 fn problems_to_error(problems: Vec<String>) -> Result<()> {
     if problems.is_empty() {
@@ -164,6 +184,9 @@ pub struct Change {
     pub action: &'static str,
     /// For updates: the top-level fields that differ.
     pub fields: Vec<String>,
+    /// A scope's stored secrets and OAuth tokens are deleted with this
+    /// update (see [`handed_over`]).
+    pub material_deleted: bool,
 }
 
 fn changed_fields<T: Serialize>(old: &T, new: &T) -> Vec<String> {
@@ -208,6 +231,7 @@ fn plan_kind<T: Object>(
             id,
             action: "delete",
             fields: vec![],
+            material_deleted: false,
         });
     }
     for (id, spec) in wanted {
@@ -247,6 +271,7 @@ fn plan_kind<T: Object>(
                     id: id.to_owned(),
                     action: "update",
                     fields,
+                    material_deleted: false,
                 });
                 map.insert(id.to_owned(), obj);
             }
@@ -256,6 +281,7 @@ fn plan_kind<T: Object>(
                     id: id.to_owned(),
                     action: "create",
                     fields: vec![],
+                    material_deleted: false,
                 });
                 map.insert(id.to_owned(), obj);
             }
@@ -297,11 +323,13 @@ impl Applier {
 }
 
 /// Applies a normalised, owner-checked document: one transaction; with
-/// `dry_run` only the plan is returned.
+/// `dry_run` only the plan is returned. `daemon_uid` tells which owners are
+/// system-wide (see [`handed_over`]).
 pub fn apply(
     ctx: &mut WriteCtx<'_>,
     caller: &Caller,
     applier: Applier,
+    daemon_uid: u32,
     doc: &Document,
     dry_run: bool,
 ) -> Result<Vec<Change>> {
@@ -316,11 +344,17 @@ pub fn apply(
     plan_kind::<RouteSpec>(caller, applier, doc, &mut next, &mut changes, &mut problems);
     problems.extend(validate_state(&next));
     problems_to_error(problems)?;
+    mark_handed_over(caller, daemon_uid, ctx.config(), &next, &mut changes);
     if dry_run || changes.is_empty() {
         return Ok(changes);
     }
     for change in changes.iter().filter(|c| c.action == "delete") {
         next.remove(change.kind, &change.id);
+    }
+    for change in changes.iter().filter(|c| c.material_deleted) {
+        ctx.delete_secrets(&change.id)?;
+        ctx.delete_tokens(&change.id)?;
+        next.secrets.remove(&change.id);
     }
     persist::<ScopeSpec>(ctx, &next, &changes)?;
     persist::<ProviderSpec>(ctx, &next, &changes)?;
@@ -329,6 +363,59 @@ pub fn apply(
     persist::<RouteSpec>(ctx, &next, &changes)?;
     *ctx.config_mut() = next;
     Ok(changes)
+}
+
+/// Whether updating scope `old` to `new` hands its stored values to someone
+/// its owner did not choose: a new owner, or users or groups added to its
+/// grants, by a caller other than its owner. Admins may do everything but
+/// read a value back; were the values kept, an admin could re-apply a
+/// user's scope granted to itself and obtain them. A system-wide scope's
+/// values were set by admins, so every admin counts as its owner.
+fn handed_over(caller: &Caller, daemon_uid: u32, old: &ScopeSpec, new: &ScopeSpec) -> bool {
+    let owner = |s: &ScopeSpec| s.owner.as_ref().and_then(OwnerSpec::uid);
+    let owns = owner(old) == Some(caller.uid())
+        || (caller.is_admin() && crate::authz::is_system_owner(owner(old), daemon_uid));
+    if owns {
+        return false;
+    }
+    let resolved = |names: &[String], resolve: fn(&str) -> Option<u32>| -> BTreeSet<u32> {
+        names.iter().filter_map(|n| resolve(n)).collect()
+    };
+    let users = |s: &ScopeSpec| resolved(&s.grants.users, crate::sys::resolve_user);
+    let groups = |s: &ScopeSpec| resolved(&s.grants.groups, crate::sys::resolve_group);
+    owner(old) != owner(new)
+        || !users(new).is_subset(&users(old))
+        || !groups(new).is_subset(&groups(old))
+}
+
+/// Marks the scope updates of an apply that [`handed_over`] their values:
+/// those are deleted with the update, and the change says so.
+fn mark_handed_over(
+    caller: &Caller,
+    daemon_uid: u32,
+    before: &ConfigState,
+    next: &ConfigState,
+    changes: &mut [Change],
+) {
+    for change in changes
+        .iter_mut()
+        .filter(|c| c.kind == Kind::Scope && c.action == "update")
+    {
+        let (Some(old), Some(new)) = (before.scopes.get(&change.id), next.scopes.get(&change.id))
+        else {
+            continue;
+        };
+        if !handed_over(caller, daemon_uid, &old.spec, &new.spec) {
+            continue;
+        }
+        change.material_deleted = true;
+        if before.secrets.contains_key(&change.id) {
+            change.fields.push("secrets (deleted)".into());
+        }
+        if old.spec.kind == ScopeType::Oauth2 {
+            change.fields.push("oauth_tokens (deleted)".into());
+        }
+    }
 }
 
 fn managed_scope<'c>(

@@ -24,8 +24,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use mcplexer_proto::v1 as pb;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use super::client::{OAuthError, OAuthHttp, Params, TokenAnswer};
@@ -112,6 +115,13 @@ pub struct TokenMeta {
     pub has_refresh_token: bool,
     /// Why the grant needs attention.
     pub message: String,
+    /// The endpoints that issued the tokens ([`endpoints_of`] the provider
+    /// then). Tokens are used only while their provider still has these,
+    /// so re-pointing a provider never sends them anywhere new. Empty in
+    /// rows stored before it was recorded: such tokens cannot be tied to an
+    /// endpoint, so they need one re-authorization.
+    #[serde(default)]
+    pub endpoints: String,
 }
 
 impl TokenMeta {
@@ -155,10 +165,18 @@ impl TokenMeta {
         now >= at - ahead
     }
 
-    /// The meta of tokens just obtained from `answer`, keeping what an
-    /// answer without a field leaves unchanged (`before`).
+    /// Whether the tokens came from `provider` as it is now: the same
+    /// provider, with the same token and revocation endpoints and client.
+    pub fn issued_by(&self, provider: &ProviderSpec) -> bool {
+        self.provider_id == provider.id
+            && !self.endpoints.is_empty()
+            && self.endpoints == endpoints_of(provider)
+    }
+
+    /// The meta of tokens just obtained from `provider`'s `answer`, keeping
+    /// what an answer without a field leaves unchanged (`before`).
     pub fn from_answer(
-        provider_id: &str,
+        provider: &ProviderSpec,
         answer: &TokenAnswer,
         before: Option<&Self>,
         has_refresh_token: bool,
@@ -168,7 +186,7 @@ impl TokenMeta {
             .expires_in
             .map(|s| i64::try_from(s.saturating_mul(1000)).unwrap_or(i64::MAX));
         Self {
-            provider_id: provider_id.to_owned(),
+            provider_id: provider.id.clone(),
             version: 0,
             grant: Grant::Valid,
             expires_at_ms: lifetime_ms.map(|l| now.saturating_add(l)),
@@ -182,8 +200,24 @@ impl TokenMeta {
             refreshed_at_ms: if before.is_some() { now } else { 0 },
             has_refresh_token,
             message: String::new(),
+            endpoints: endpoints_of(provider),
         }
     }
+}
+
+/// A digest of where a provider's tokens go (token endpoint, revocation
+/// endpoint) and whose they are (client id).
+pub fn endpoints_of(provider: &ProviderSpec) -> String {
+    let mut digest = Sha256::new();
+    for part in [
+        &provider.token_url,
+        &provider.client_id,
+        &provider.revocation_url,
+    ] {
+        digest.update((part.len() as u64).to_be_bytes());
+        digest.update(part.as_bytes());
+    }
+    URL_SAFE_NO_PAD.encode(digest.finalize())
 }
 
 /// A released access token, at its version. No `Debug`.
@@ -338,6 +372,7 @@ impl Tokens {
         provider: &ProviderSpec,
     ) -> Result<Arc<Access>> {
         let scope_id = scope.id.as_str();
+        self.check_endpoints(store, scope_id, provider).await?;
         let meta = self.usable_meta(scope_id, provider)?;
         if !meta.due(now_ms()) {
             return self.cached(store, scope_id, &meta).await;
@@ -422,7 +457,36 @@ impl Tokens {
         if meta.grant == Grant::ReauthorizationRequired {
             return Err(reauthorization_required(scope_id, &meta.message));
         }
+        if !meta.issued_by(provider) {
+            return Err(reauthorization_required(scope_id, &moved(provider)));
+        }
         Ok(meta)
+    }
+
+    /// Records that a scope's tokens came from other endpoints than its
+    /// provider has now (so `auth status` says so too); they are never
+    /// sent to the new ones.
+    async fn check_endpoints(
+        &self,
+        store: &Store,
+        scope_id: &str,
+        provider: &ProviderSpec,
+    ) -> Result<()> {
+        let stale = |m: &TokenMeta| {
+            m.provider_id == provider.id && m.grant == Grant::Valid && !m.issued_by(provider)
+        };
+        if !self.meta(scope_id).is_some_and(|m| stale(&m)) {
+            return Ok(());
+        }
+        let lock = self.lock(scope_id);
+        let _one = lock.lock().await;
+        match self.meta(scope_id).filter(stale) {
+            Some(meta) => {
+                self.mark_reauthorization(store, scope_id, &meta, &moved(provider))
+                    .await
+            }
+            None => Ok(()),
+        }
     }
 
     /// The decrypted access token at `meta`'s version.
@@ -512,7 +576,7 @@ impl Tokens {
             access_token: answer.access_token.clone(),
             refresh_token: Some(answer.refresh_token.clone().unwrap_or(refresh_token)),
         };
-        let mut meta = TokenMeta::from_answer(&provider.id, &answer, Some(meta), true, now_ms());
+        let mut meta = TokenMeta::from_answer(provider, &answer, Some(meta), true, now_ms());
         let id = scope_id.to_owned();
         let record = oauth_record(scope_id, "refresh", "success", "");
         let meta = store
@@ -587,6 +651,14 @@ fn oauth_record(scope_id: &str, action: &str, status: &str, error: &str) -> pb::
         action: action.into(),
         ..Default::default()
     }
+}
+
+/// Why tokens from other endpoints than `provider`'s are not used.
+fn moved(provider: &ProviderSpec) -> String {
+    format!(
+        "the tokens were not issued by oauth_provider {} as it is now (its token endpoint, revocation endpoint or client changed)",
+        provider.id
+    )
 }
 
 fn refresh_failed(scope_id: &str, error: &str, wait: Duration) -> VaultError {

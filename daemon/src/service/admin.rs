@@ -121,14 +121,14 @@ impl AdminService {
             let mut spec = spec.map_err(VaultError::invalid)?;
             normalize_one(&mut spec, Some(caller.uid())).map_err(VaultError::invalid)?;
             ops::check_owner(caller, &spec)?;
-            self.check_scope_use(caller, std::iter::once(&spec))?;
+            self.check_references(caller, std::iter::once(&spec), None)?;
             Ok(spec)
         })();
         let spec = match prepared {
             Ok(spec) => spec,
             Err(err) => {
                 let refused = Err(err);
-                self.0.audit_outcome(caller, rpc, &refused, true).await;
+                self.audit_refused(caller, rpc, &refused, true).await;
                 return refused;
             }
         };
@@ -139,36 +139,64 @@ impl AdminService {
         Ok(spec.id().to_owned())
     }
 
-    /// A user may route only scopes it owns or is granted.
-    fn check_scope_use<'a, T: Object>(
+    /// Refuses a user's objects that name what the user may not build on
+    /// (`Authorizer::check_references`); `doc` is the document they come
+    /// in, if any.
+    fn check_references<'a, T: Object>(
         &self,
         caller: &Caller,
         specs: impl Iterator<Item = &'a T>,
+        doc: Option<&Document>,
     ) -> Result<()> {
         if caller.is_admin() {
             return Ok(());
         }
         let snap = self.0.store.snapshot();
         for spec in specs {
-            let Some(scope_id) = spec.routed_scope() else {
-                continue;
-            };
-            let owned = snap
-                .config
-                .scopes
-                .get(scope_id)
-                .and_then(|s| s.spec.owner.as_ref())
-                .and_then(model::OwnerSpec::uid)
-                == Some(caller.uid());
-            if !owned && !self.0.authz.may_use_scope(caller, &snap, scope_id) {
-                return Err(VaultError::denied(format!(
-                    "route_rule {}: uid {} may route only auth scopes it owns or is granted, and auth_scope {scope_id} is neither",
-                    spec.id(),
-                    caller.uid(),
-                )));
-            }
+            self.0.authz.check_references(
+                caller,
+                &snap,
+                doc,
+                (T::KIND, spec.id()),
+                &spec.references(),
+            )?;
         }
         Ok(())
+    }
+
+    /// Audits a request refused before it reached the store. NOT_FOUND at
+    /// that point means the caller named an object it may not see: a
+    /// denial, answered as NOT_FOUND so that it reveals nothing.
+    async fn audit_refused<T>(
+        &self,
+        caller: &Caller,
+        rpc: &str,
+        refused: &Result<T>,
+        mutation: bool,
+    ) {
+        match refused {
+            Err(err @ VaultError::NotFound { .. }) => {
+                self.0
+                    .audit_admin(&caller.peer, rpc, "denied", &err.to_string())
+                    .await;
+            }
+            _ => self.0.audit_outcome(caller, rpc, refused, mutation).await,
+        }
+    }
+
+    /// Checks what a new provider's name, owner and other fields allow
+    /// before its issuer is asked for the rest: a request the vault would
+    /// refuse makes no outbound request. The endpoints discovery would fill
+    /// stand in as the issuer itself, which is checked like them.
+    fn check_before_discovery(&self, caller: &Caller, spec: &ProviderSpec) -> Result<()> {
+        let mut trial = spec.clone();
+        for endpoint in [&mut trial.auth_url, &mut trial.token_url] {
+            if endpoint.is_empty() {
+                endpoint.clone_from(&spec.issuer);
+            }
+        }
+        normalize_one(&mut trial, Some(caller.uid())).map_err(VaultError::invalid)?;
+        ops::check_owner(caller, &trial)
     }
 
     /// Answers NOT_FOUND, exactly as for a missing object, when a user acts
@@ -284,21 +312,29 @@ impl Admin for AdminService {
         let prepared = (|| {
             let doc = parse_document(&req.yaml, &caller)?;
             for_each_owner_check(&caller, &doc)?;
-            self.check_scope_use(&caller, doc.route_rules.iter())?;
+            self.check_references(&caller, doc.auth_scopes.iter(), Some(&doc))?;
+            self.check_references(&caller, doc.route_rules.iter(), Some(&doc))?;
             Ok(doc)
         })();
         let result = match prepared {
             Err(err) => {
                 let refused = Err(err);
-                self.0
-                    .audit_outcome(&caller, "Admin/Apply", &refused, !dry_run)
+                self.audit_refused(&caller, "Admin/Apply", &refused, !dry_run)
                     .await;
                 refused
             }
             Ok(doc) => {
                 let c = caller.clone();
+                let daemon_uid = self.0.authz.daemon_uid();
                 let apply = move |ctx: &mut WriteCtx<'_>| {
-                    ops::apply(ctx, &c, ops::Applier::Uid(c.uid()), &doc, dry_run)
+                    ops::apply(
+                        ctx,
+                        &c,
+                        ops::Applier::Uid(c.uid()),
+                        daemon_uid,
+                        &doc,
+                        dry_run,
+                    )
                 };
                 if dry_run {
                     self.0.store.write(apply).await
@@ -307,7 +343,14 @@ impl Admin for AdminService {
                 }
             }
         };
-        let changes = result?
+        let changes = result?;
+        if !dry_run && changes.iter().any(|c| c.material_deleted) {
+            for change in changes.iter().filter(|c| c.material_deleted) {
+                self.0.tokens.committed(&change.id, None);
+            }
+            self.0.tokens.grants_changed();
+        }
+        let changes = changes
             .into_iter()
             .map(|c| pb::Change {
                 kind: c.kind.name().into(),
@@ -454,6 +497,12 @@ impl Admin for AdminService {
         let caller = self.0.authorize(&request, "Admin/CreateProvider").await?;
         let spec = match ProviderSpec::from_proto(request.into_inner()) {
             Ok(spec) if spec.template.is_empty() && !spec.issuer.is_empty() => {
+                let checked = self.check_before_discovery(&caller, &spec);
+                if checked.is_err() {
+                    self.audit_refused(&caller, "Admin/CreateProvider", &checked, true)
+                        .await;
+                    checked?;
+                }
                 self.discover(spec).await
             }
             other => other,

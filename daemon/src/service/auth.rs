@@ -112,7 +112,7 @@ impl AuthService {
             refresh_token: answer.refresh_token.clone(),
         };
         let mut meta = TokenMeta::from_answer(
-            &target.provider.id,
+            &target.provider,
             &answer,
             None,
             tokens.refresh_token.is_some(),
@@ -320,7 +320,13 @@ impl AuthService {
             .read(move |conn| store::read_tokens(conn, &keyring, &id))
             .await?;
         let mut revoked_at_provider = false;
+        // Tokens from other endpoints than the provider has now are never
+        // sent to its new ones: they are deleted here only.
+        let issued_here = stored
+            .as_ref()
+            .is_some_and(|(_, meta)| meta.issued_by(&target.provider));
         if let Some((tokens, _)) = &stored
+            && issued_here
             && !target.provider.revocation_url.is_empty()
             && !req.local_only
         {
@@ -361,6 +367,11 @@ impl AuthService {
         if stored.is_some() && target.provider.revocation_url.is_empty() {
             status.message = format!(
                 "oauth_provider {} has no revocation endpoint: the tokens were deleted here only; revoke the grant at the provider too",
+                target.provider.id
+            );
+        } else if stored.is_some() && !issued_here && !req.local_only {
+            status.message = format!(
+                "the tokens were not issued by oauth_provider {} as it is now: they were deleted here only; revoke the grant at the provider that issued them",
                 target.provider.id
             );
         }

@@ -166,6 +166,17 @@ impl<'a> WriteCtx<'a> {
         Ok(version)
     }
 
+    /// Deletes all of a scope's stored values; whether there were any.
+    pub fn delete_secrets(&mut self, scope_id: &str) -> Result<bool> {
+        let deleted = self
+            .conn
+            .prepare_cached("DELETE FROM scope_secrets WHERE scope_id = ?1")?
+            .execute(params![scope_id])?
+            > 0;
+        self.config_mut().secrets.remove(scope_id);
+        Ok(deleted)
+    }
+
     /// Encrypts and stores a provider's client secret.
     pub fn store_provider_secret(&mut self, provider_id: &str, secret: &[u8]) -> Result<()> {
         let ciphertext = self.keyring().encrypt(secret)?;

@@ -4,6 +4,7 @@
 #![allow(missing_docs)]
 
 mod activation;
+mod authz;
 mod backup;
 mod bad_input;
 mod crash;
