@@ -134,6 +134,10 @@ pub fn create<T: Object>(ctx: &mut WriteCtx<'_>, spec: T) -> Result<T> {
     T::map_mut(ctx.config_mut()).insert(id.clone(), obj.clone());
     problems_to_error(validate_state(ctx.config()))?;
     ctx.put_object(kind, &obj, &id)?;
+    // Whatever a former object of this id left (tokens an authorization
+    // stored as its scope was deleted, by a vault without that check) is
+    // not the new one's.
+    ctx.delete_material(kind, &id)?;
     Ok(spec)
 }
 
@@ -352,8 +356,7 @@ pub fn apply(
         next.remove(change.kind, &change.id);
     }
     for change in changes.iter().filter(|c| c.material_deleted) {
-        ctx.delete_secrets(&change.id)?;
-        ctx.delete_tokens(&change.id)?;
+        ctx.delete_material(Kind::Scope, &change.id)?;
         next.secrets.remove(&change.id);
     }
     persist::<ScopeSpec>(ctx, &next, &changes)?;

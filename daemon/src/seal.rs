@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use mcplexer_proto::v1 as pb;
 use zeroize::Zeroizing;
 
 use crate::error::{Result, VaultError};
@@ -38,11 +39,24 @@ pub fn check_new_passphrase(passphrase: &[u8]) -> Result<()> {
 }
 
 /// Unseals the vault with `passphrase`. Returns whether it was sealed, and
-/// the recipient. A wrong passphrase is `PermissionDenied`.
-pub async fn unlock(shared: &Shared, passphrase: Zeroizing<Vec<u8>>) -> Result<(bool, String)> {
+/// the recipient. A wrong passphrase is `PermissionDenied`. `record` (the
+/// success) is committed with the new keyring; an unlock of an open vault
+/// changes nothing and records it alone.
+pub async fn unlock(
+    shared: &Shared,
+    passphrase: Zeroizing<Vec<u8>>,
+    record: pb::AuditRecord,
+) -> Result<(bool, String)> {
     let _one_at_a_time = shared.rotation.lock().await;
     let current = shared.store.keyring();
     if !current.is_sealed() {
+        if let Err(err) = shared
+            .store
+            .write(move |ctx| ctx.insert_audit(record))
+            .await
+        {
+            tracing::error!(error = %err, "cannot record an audit event");
+        }
         return Ok((false, current.recipient()));
     }
     // scrypt takes about a second of CPU: off the async workers.
@@ -55,6 +69,7 @@ pub async fn unlock(shared: &Shared, passphrase: Zeroizing<Vec<u8>>) -> Result<(
         .store
         .write(move |ctx| {
             ctx.set_keyring(open);
+            ctx.insert_audit(record)?;
             Ok(())
         })
         .await?;
@@ -68,10 +83,12 @@ pub async fn unlock(shared: &Shared, passphrase: Zeroizing<Vec<u8>>) -> Result<(
 /// instead would leave it usable wherever a copy of the open file survives
 /// (freed disk blocks, snapshots, backups). The running vault stays open;
 /// from its next start it is sealed. Returns the file, the new recipient
-/// and how many ciphertexts were re-encrypted.
+/// and how many ciphertexts were re-encrypted. `record` is committed with
+/// the re-encryption.
 pub async fn seal(
     shared: &Shared,
     passphrase: Zeroizing<Vec<u8>>,
+    record: pb::AuditRecord,
 ) -> Result<(PathBuf, String, u64)> {
     let _one_at_a_time = shared.rotation.lock().await;
     let IdentityOrigin::StateDir(path) = &shared.info.identity else {
@@ -91,7 +108,7 @@ pub async fn seal(
             ),
         });
     }
-    let (recipient, count) = crate::rotate::rotate_locked(shared, Some(passphrase)).await?;
+    let (recipient, count) = crate::rotate::rotate_locked(shared, Some(passphrase), record).await?;
     shared.identity_sealed.store(true, Ordering::SeqCst);
     tracing::info!(path = %path.display(), %recipient, "identity replaced by a sealed one; the vault starts sealed from now on");
     Ok((path.clone(), recipient, count))

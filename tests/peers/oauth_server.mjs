@@ -42,6 +42,10 @@
  *                       authorization responses. oidc-provider itself never
  *                       sends `interval` (so RFC 8628's default of 5 s applies)
  *                       and never answers slow_down.
+ *     DEVICE_EXPIRES_IN if set (seconds), replaces `expires_in` in device
+ *                       authorization responses (the code itself still lives
+ *                       oidc-provider's 10 minutes): a provider that claims
+ *                       an absurd lifetime, e.g. 10000000000000000000.
  *
  * Clients (all `application_type: 'native'`, redirect URIs
  * `http://127.0.0.1/callback` and `http://127.0.0.1/oauth/callback` (the
@@ -151,6 +155,7 @@ function positiveIntFromEnv(name, fallback) {
 const { port: requestedPort } = parseArgs(process.argv.slice(2));
 const accessTokenTtl = positiveIntFromEnv('ACCESS_TOKEN_TTL', 3600);
 const deviceInterval = positiveIntFromEnv('DEVICE_INTERVAL', undefined);
+const deviceExpiresIn = positiveIntFromEnv('DEVICE_EXPIRES_IN', undefined);
 const deny = process.env.DENY === '1';
 const autoApprove = process.env.AUTO_APPROVE === '1';
 const consentPage = process.env.CONSENT_PAGE === '1';
@@ -460,13 +465,17 @@ function routes(provider) {
       }
       await next();
       if (
-        deviceInterval !== undefined
-        && ctx.path === ROUTES.device_authorization
+        ctx.path === ROUTES.device_authorization
         && ctx.status === 200
         && ctx.body
         && typeof ctx.body === 'object'
       ) {
-        ctx.body = { ...ctx.body, interval: deviceInterval };
+        if (deviceInterval !== undefined) {
+          ctx.body = { ...ctx.body, interval: deviceInterval };
+        }
+        if (deviceExpiresIn !== undefined) {
+          ctx.body = { ...ctx.body, expires_in: deviceExpiresIn };
+        }
       }
     } finally {
       // Paths only: query strings carry codes and states.
@@ -499,7 +508,8 @@ server.listen(requestedPort, HOST, () => {
   log(`issuer ${issuer}, access token ttl ${accessTokenTtl}s, `
     + `interactions ${consentPage ? 'on a consent page' : deny ? 'denied' : autoApprove ? 'auto-approved' : 'refused'}`
     + `${githubRoutes ? ', GitHub paths' : ''}`
-    + `${deviceInterval === undefined ? '' : `, device interval ${deviceInterval}s`}`);
+    + `${deviceInterval === undefined ? '' : `, device interval ${deviceInterval}s`}`
+    + `${deviceExpiresIn === undefined ? '' : `, device expires_in ${deviceExpiresIn}s`}`);
   process.stdout.write(`ISSUER=${issuer}\n`);
 });
 

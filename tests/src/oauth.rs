@@ -90,6 +90,9 @@ pub struct OAuthOptions {
     /// oidc-provider's response as it is, without `interval` (RFC 8628's
     /// default of 5 s applies). The server never answers `slow_down`.
     pub device_interval_secs: Option<u64>,
+    /// `expires_in` to put in device authorization responses instead of
+    /// the server's own (the code still lives 10 minutes there).
+    pub device_expires_in_secs: Option<u64>,
     /// The port (0: one the OS picks). The server keeps everything in
     /// memory, so a restart on the same port forgets every grant.
     pub port: u16,
@@ -108,6 +111,7 @@ impl Default for OAuthOptions {
             access_ttl_secs: 3600,
             interactions: Interactions::AutoApprove,
             device_interval_secs: None,
+            device_expires_in_secs: None,
             port: 0,
             github_routes: false,
         }
@@ -190,7 +194,8 @@ impl OAuthServer {
             .env_remove("DENY")
             .env_remove("CONSENT_PAGE")
             .env_remove("GITHUB_ROUTES")
-            .env_remove("DEVICE_INTERVAL");
+            .env_remove("DEVICE_INTERVAL")
+            .env_remove("DEVICE_EXPIRES_IN");
         match options.interactions {
             Interactions::AutoApprove => {
                 cmd.env("AUTO_APPROVE", "1");
@@ -208,6 +213,9 @@ impl OAuthServer {
         }
         if let Some(interval) = options.device_interval_secs {
             cmd.env("DEVICE_INTERVAL", interval.to_string());
+        }
+        if let Some(expires_in) = options.device_expires_in_secs {
+            cmd.env("DEVICE_EXPIRES_IN", expires_in.to_string());
         }
         let mut child = cmd
             .stdin(Stdio::null())

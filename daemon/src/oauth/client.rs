@@ -25,6 +25,15 @@ use crate::model::{ClientAuth, ProviderSpec, TokenFormat};
 /// The longest answer read from a provider.
 const MAX_ANSWER: usize = 1 << 20;
 
+/// The longest a device code is waited for, whatever the provider says
+/// (RFC 8628's own example gives 1800 s): a provider's number must neither
+/// overflow a deadline nor hold a flow open for days.
+pub const MAX_DEVICE_EXPIRY_SECS: u64 = 1800;
+
+/// The longest wait between two polls of a device code, whatever the
+/// provider asks for (a wait past the code's life would never poll).
+pub const MAX_DEVICE_INTERVAL_SECS: u64 = 60;
+
 /// Why a provider request failed.
 #[derive(Debug, thiserror::Error)]
 pub enum OAuthError {
@@ -76,9 +85,10 @@ pub struct DeviceAnswer {
     pub verification_uri: String,
     /// The same with the code in it, if offered.
     pub verification_uri_complete: String,
-    /// Seconds the codes live.
+    /// Seconds the codes live (at most [`MAX_DEVICE_EXPIRY_SECS`]).
     pub expires_in: u64,
-    /// Seconds between polls (5 when not said).
+    /// Seconds between polls (5 when not said; 1 to
+    /// [`MAX_DEVICE_INTERVAL_SECS`]).
     pub interval: u64,
 }
 
@@ -348,13 +358,17 @@ impl OAuthHttp {
                 "no user_code or verification_uri in the answer".into(),
             ));
         }
+        let (expires_in, interval) = device_timing(
+            answer.get("expires_in").and_then(seconds),
+            answer.get("interval").and_then(seconds),
+        );
         Ok(DeviceAnswer {
             device_code,
             user_code,
             verification_uri,
             verification_uri_complete: text(&answer, "verification_uri_complete"),
-            expires_in: answer.get("expires_in").and_then(seconds).unwrap_or(900),
-            interval: answer.get("interval").and_then(seconds).unwrap_or(5).max(1),
+            expires_in,
+            interval,
         })
     }
 
@@ -454,6 +468,16 @@ fn seconds(value: &Value) -> Option<u64> {
     }
 }
 
+/// A device code's lifetime and poll interval from what the provider said
+/// (900 s and RFC 8628's 5 s when it said nothing), within the vault's
+/// bounds.
+fn device_timing(expires_in: Option<u64>, interval: Option<u64>) -> (u64, u64) {
+    (
+        expires_in.unwrap_or(900).min(MAX_DEVICE_EXPIRY_SECS),
+        interval.unwrap_or(5).clamp(1, MAX_DEVICE_INTERVAL_SECS),
+    )
+}
+
 /// Granted scopes: a space- or comma-separated string, or an array.
 fn granted_scopes(value: &Value) -> Vec<String> {
     match value {
@@ -486,5 +510,17 @@ mod tests {
         assert_eq!(seconds(&json!("3600")), Some(3600));
         assert_eq!(seconds(&json!(-1)), None);
         assert_eq!(seconds(&json!("soon")), None);
+    }
+
+    #[test]
+    fn device_timing_is_bounded_whatever_the_provider_says() {
+        assert_eq!(device_timing(None, None), (900, 5));
+        assert_eq!(device_timing(Some(600), Some(0)), (600, 1));
+        assert_eq!(
+            device_timing(Some(u64::MAX), Some(u64::MAX)),
+            (MAX_DEVICE_EXPIRY_SECS, MAX_DEVICE_INTERVAL_SECS)
+        );
+        let huge = seconds(&json!(10_000_000_000_000_000_000u64));
+        assert_eq!(device_timing(huge, None).0, MAX_DEVICE_EXPIRY_SECS);
     }
 }

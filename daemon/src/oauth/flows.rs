@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use crate::error::{Result, VaultError};
+use crate::model::OwnerSpec;
 
 /// How long a flow may take.
 pub const FLOW_TTL: Duration = Duration::from_secs(600);
@@ -28,6 +29,8 @@ pub struct Pending {
     pub scope_id: String,
     /// The provider, as it was when the flow started.
     pub provider_id: String,
+    /// The scope's owner, as it was when the flow started.
+    pub owner: Option<OwnerSpec>,
     /// The PKCE code verifier (none when the provider does not use PKCE).
     pub verifier: Option<Zeroizing<String>>,
     /// The redirect URI sent in the authorization request.
@@ -94,6 +97,7 @@ impl Flows {
                 uid: pending.uid,
                 scope_id: pending.scope_id,
                 provider_id: pending.provider_id,
+                owner: pending.owner,
                 verifier,
                 redirect_uri: pending.redirect_uri,
                 started: Instant::now(),
@@ -133,6 +137,8 @@ pub struct PendingSpec {
     pub scope_id: String,
     /// Its provider.
     pub provider_id: String,
+    /// Its owner.
+    pub owner: Option<OwnerSpec>,
     /// Whether to use PKCE.
     pub pkce: bool,
     /// The redirect URI.
@@ -148,6 +154,7 @@ mod tests {
             uid,
             scope_id: "s".into(),
             provider_id: "p".into(),
+            owner: None,
             pkce: true,
             redirect_uri: "http://127.0.0.1:1/callback".into(),
         }

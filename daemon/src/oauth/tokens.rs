@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
+use super::binding::Binding;
 use super::client::{OAuthError, OAuthHttp, Params, TokenAnswer};
 use crate::clock::now_ms;
 use crate::error::{Result, VaultError};
@@ -271,8 +272,18 @@ pub fn reauthorization_required(scope_id: &str, why: &str) -> VaultError {
 }
 
 impl Tokens {
-    /// The tokens' state as stored.
+    /// The tokens' state as stored. Tokens of scopes that no longer exist
+    /// are deleted first: a vault that did not check a scope's binding
+    /// could store them for a scope deleted during its authorization, and
+    /// a scope created later under that id must not inherit them.
     pub async fn load(store: &Store) -> Result<Self> {
+        let orphans = store.write(|ctx| ctx.delete_orphan_tokens()).await?;
+        if orphans > 0 {
+            tracing::warn!(
+                count = orphans,
+                "deleted the stored tokens of scopes that no longer exist"
+            );
+        }
         let metas = store.read(store::read_token_metas).await?;
         let http = OAuthHttp::new()
             .map_err(|message| VaultError::FailedPrecondition { message, fix: None })?;
@@ -328,6 +339,39 @@ impl Tokens {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(scope_id);
+        self.backoff
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(scope_id);
+    }
+
+    /// Records tokens just committed for `binding`'s scope, with the
+    /// access token to cache (from a refresh), unless the binding no longer
+    /// holds in the published configuration: the scope was deleted or
+    /// changed since the commit, its rows went with it, and memory must not
+    /// bring them back. Checked under the lock [`Tokens::retain_scopes`]
+    /// takes first, and a deletion is published before that runs, so one of
+    /// the two always sees the other.
+    pub fn committed_for(
+        &self,
+        store: &Store,
+        binding: &Binding,
+        meta: TokenMeta,
+        access: Option<Arc<Access>>,
+    ) {
+        let scope_id = binding.scope_id();
+        let mut metas = self.metas.lock().unwrap_or_else(PoisonError::into_inner);
+        let holds = binding.holds(&store.snapshot().config);
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        match access {
+            Some(access) if holds => cache.insert(scope_id.to_owned(), access),
+            _ => cache.remove(scope_id),
+        };
+        if holds {
+            metas.insert(scope_id.to_owned(), meta);
+        } else {
+            metas.remove(scope_id);
+        }
         self.backoff
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -411,7 +455,10 @@ impl Tokens {
             }
             return self.cached(store, scope_id, &meta).await;
         }
-        match self.refresh(store, scope_id, provider, &meta).await {
+        match self
+            .refresh(store, &Binding::of(scope), provider, &meta)
+            .await
+        {
             Ok(access) => Ok(access),
             Err(Refresh::Grant(why)) => {
                 self.mark_reauthorization(store, scope_id, &meta, &why)
@@ -526,14 +573,16 @@ impl Tokens {
         }
     }
 
-    /// One refresh: the provider's answer committed, then cached.
+    /// One refresh: the provider's answer committed, then cached; refused
+    /// if the scope is no longer `binding`'s.
     async fn refresh(
         &self,
         store: &Store,
-        scope_id: &str,
+        binding: &Binding,
         provider: &ProviderSpec,
         meta: &TokenMeta,
     ) -> std::result::Result<Arc<Access>, Refresh> {
+        let scope_id = binding.scope_id();
         let keyring = store.keyring();
         let (id, provider_id) = (scope_id.to_owned(), provider.id.clone());
         let (tokens, secret) = store
@@ -579,24 +628,22 @@ impl Tokens {
         let mut meta = TokenMeta::from_answer(provider, &answer, Some(meta), true, now_ms());
         let id = scope_id.to_owned();
         let record = oauth_record(scope_id, "refresh", "success", "");
+        let job_binding = binding.clone();
         let meta = store
             .write(move |ctx| {
+                job_binding.check(ctx.config(), "its token was being refreshed")?;
                 ctx.store_tokens(&id, &next, &mut meta)?;
                 ctx.insert_audit(record)?;
                 Ok(meta)
             })
             .await
             .map_err(Refresh::Vault)?;
-        self.committed(scope_id, Some(meta.clone()));
         let access = Arc::new(Access {
             version: meta.version,
             token: answer.access_token,
             expires_at_ms: meta.expires_at_ms,
         });
-        self.cache
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(scope_id.to_owned(), access.clone());
+        self.committed_for(store, binding, meta.clone(), Some(access.clone()));
         tracing::info!(scope = scope_id, version = meta.version, "token refreshed");
         Ok(access)
     }

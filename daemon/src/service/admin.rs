@@ -717,12 +717,15 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::RotateIdentityRequest>,
     ) -> Reply<pb::RotateIdentityResponse> {
-        let caller = self.0.authorize(&request, "Admin/RotateIdentity").await?;
+        let rpc = "Admin/RotateIdentity";
+        let caller = self.0.authorize(&request, rpc).await?;
         let passphrase = Zeroizing::new(request.into_inner().passphrase);
-        let result = crate::rotate::rotate(&self.0, passphrase).await;
-        self.0
-            .audit_outcome(&caller, "Admin/RotateIdentity", &result, true)
-            .await;
+        // The success is recorded in the transaction that re-encrypts.
+        let record = super::admin_record(&caller.peer, rpc, "success", "");
+        let result = crate::rotate::rotate(&self.0, passphrase, record).await;
+        if result.is_err() {
+            self.0.audit_outcome(&caller, rpc, &result, true).await;
+        }
         let (recipient, reencrypted) = result?;
         ok(pb::RotateIdentityResponse {
             recipient,
@@ -731,13 +734,16 @@ impl Admin for AdminService {
     }
 
     async fn unlock(&self, request: Request<pb::UnlockRequest>) -> Reply<pb::UnlockResponse> {
-        let caller = self.0.authorize(&request, "Admin/Unlock").await?;
+        let rpc = "Admin/Unlock";
+        let caller = self.0.authorize(&request, rpc).await?;
         let passphrase = Zeroizing::new(request.into_inner().passphrase);
-        let result = crate::seal::unlock(&self.0, passphrase).await;
-        // Every attempt is audited: a wrong passphrase as denied.
-        self.0
-            .audit_outcome(&caller, "Admin/Unlock", &result, true)
-            .await;
+        // Every attempt is audited: a success in the transaction that
+        // swaps the keyring in, a wrong passphrase as denied.
+        let record = super::admin_record(&caller.peer, rpc, "success", "");
+        let result = crate::seal::unlock(&self.0, passphrase, record).await;
+        if result.is_err() {
+            self.0.audit_outcome(&caller, rpc, &result, true).await;
+        }
         let (was_sealed, recipient) = result?;
         ok(pb::UnlockResponse {
             was_sealed,
@@ -749,12 +755,15 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::SealIdentityRequest>,
     ) -> Reply<pb::SealIdentityResponse> {
-        let caller = self.0.authorize(&request, "Admin/SealIdentity").await?;
+        let rpc = "Admin/SealIdentity";
+        let caller = self.0.authorize(&request, rpc).await?;
         let passphrase = Zeroizing::new(request.into_inner().passphrase);
-        let result = crate::seal::seal(&self.0, passphrase).await;
-        self.0
-            .audit_outcome(&caller, "Admin/SealIdentity", &result, true)
-            .await;
+        // The success is recorded in the transaction that re-encrypts.
+        let record = super::admin_record(&caller.peer, rpc, "success", "");
+        let result = crate::seal::seal(&self.0, passphrase, record).await;
+        if result.is_err() {
+            self.0.audit_outcome(&caller, rpc, &result, true).await;
+        }
         let (path, recipient, reencrypted) = result?;
         ok(pb::SealIdentityResponse {
             path: path.display().to_string(),

@@ -23,7 +23,10 @@ use crate::authz::Caller;
 use crate::clock::now_ms;
 use crate::error::{Result, VaultError};
 use crate::model::{Obj, ProviderSpec, ScopeSpec, ScopeType};
-use crate::oauth::client::{OAuthError, Params, TokenAnswer};
+use crate::oauth::binding::Binding;
+use crate::oauth::client::{
+    MAX_DEVICE_EXPIRY_SECS, MAX_DEVICE_INTERVAL_SECS, OAuthError, Params, TokenAnswer,
+};
 use crate::oauth::flows::{FLOW_TTL, PendingSpec};
 use crate::oauth::tokens::{TokenMeta, TokenSet};
 use crate::store;
@@ -96,7 +99,9 @@ impl AuthService {
             .await
     }
 
-    /// Stores tokens just obtained by an authorization and records it.
+    /// Stores tokens just obtained by an authorization and records it,
+    /// unless the scope is no longer the one `target` was when the flow
+    /// started (deleted, or changed in type, provider or owner).
     async fn store_authorized(
         &self,
         caller: &Caller,
@@ -120,16 +125,21 @@ impl AuthService {
         );
         let record = audit_record(caller, rpc, &scope_id, "success", "");
         let id = scope_id.clone();
+        let binding = Binding::of(&target.scope);
+        let job_binding = binding.clone();
         let meta = self
             .0
             .store
             .write(move |ctx| {
+                job_binding.check(ctx.config(), "it was being authorized")?;
                 ctx.store_tokens(&id, &tokens, &mut meta)?;
                 ctx.insert_audit(record)?;
                 Ok(meta)
             })
             .await?;
-        self.0.tokens.committed(&scope_id, Some(meta.clone()));
+        self.0
+            .tokens
+            .committed_for(&self.0.store, &binding, meta.clone(), None);
         self.0.tokens.grants_changed();
         tracing::info!(scope = %scope_id, version = meta.version, "scope authorized");
         Ok(status_of(&target.scope, Some(&meta)))
@@ -168,6 +178,7 @@ impl AuthService {
             uid: caller.uid(),
             scope_id: target.scope.id.clone(),
             provider_id: provider.id.clone(),
+            owner: target.scope.owner.clone(),
             pkce,
             redirect_uri: redirect.clone(),
         })?;
@@ -228,10 +239,10 @@ impl AuthService {
         let scope_id = pending.scope_id.clone();
         let result = async {
             let target = self.target(caller, &pending.scope_id)?;
-            if target.provider.id != pending.provider_id {
+            if target.provider.id != pending.provider_id || target.scope.owner != pending.owner {
                 return Err(VaultError::FailedPrecondition {
                     message: format!(
-                        "auth_scope {scope_id} changed provider during the authorization"
+                        "auth_scope {scope_id} changed provider or owner during the authorization"
                     ),
                     fix: Some(format!("mcplexerctl auth authorize {scope_id}")),
                 });
@@ -657,14 +668,20 @@ impl AuthService {
             .device(&target.provider, secret)
             .await
             .map_err(|e| provider_error(scope_id, "starting the device authorization", &e))?;
-        let deadline = Instant::now() + Duration::from_secs(device.expires_in);
-        let mut interval = device.interval;
+        // The client bounds both already; the arithmetic here must not
+        // depend on it.
+        let expires_in = device.expires_in.min(MAX_DEVICE_EXPIRY_SECS);
+        let started = Instant::now();
+        let deadline = started
+            .checked_add(Duration::from_secs(expires_in))
+            .unwrap_or(started);
+        let mut interval = device.interval.clamp(1, MAX_DEVICE_INTERVAL_SECS);
         let code = pb::DeviceEvent {
             event: Some(pb::device_event::Event::Code(pb::DeviceCode {
                 user_code: device.user_code.clone(),
                 verification_uri: device.verification_uri.clone(),
                 verification_uri_complete: device.verification_uri_complete.clone(),
-                expires_in_sec: device.expires_in as u32,
+                expires_in_sec: expires_in as u32,
                 interval_sec: interval as u32,
             })),
         };
@@ -700,8 +717,9 @@ impl AuthService {
                     "authorization_pending"
                 }
                 Err(OAuthError::Refused { error, .. }) if error == "slow_down" => {
-                    // RFC 8628 §3.5: 5 s more for this and every later poll.
-                    interval += 5;
+                    // RFC 8628 §3.5: 5 s more for this and every later poll
+                    // (up to the vault's longest wait).
+                    interval = (interval + 5).min(MAX_DEVICE_INTERVAL_SECS);
                     "slow_down"
                 }
                 // A transient failure: poll again at the same pace.

@@ -101,10 +101,18 @@ impl<'a> WriteCtx<'a> {
     }
 
     /// Deletes a configuration object and the secrets stored for it.
-    pub fn delete_object(&self, kind: Kind, id: &str) -> Result<()> {
+    pub fn delete_object(&mut self, kind: Kind, id: &str) -> Result<()> {
         self.conn
             .prepare_cached("DELETE FROM objects WHERE kind = ?1 AND id = ?2")?
             .execute(params![kind.tag(), id])?;
+        self.delete_material(kind, id)
+    }
+
+    /// Deletes what is stored for object `kind`/`id` besides its spec: a
+    /// scope's values and tokens, a provider's client secret. Run when the
+    /// object is deleted, and when one is created under the same id: a new
+    /// object must never inherit what a former one under its id left.
+    pub fn delete_material(&mut self, kind: Kind, id: &str) -> Result<()> {
         match kind {
             Kind::Scope => {
                 self.conn
@@ -113,15 +121,32 @@ impl<'a> WriteCtx<'a> {
                 self.conn
                     .prepare_cached("DELETE FROM oauth_tokens WHERE scope_id = ?1")?
                     .execute(params![id])?;
+                if self.config().secrets.contains_key(id) {
+                    self.config_mut().secrets.remove(id);
+                }
             }
             Kind::Provider => {
                 self.conn
                     .prepare_cached("DELETE FROM provider_secrets WHERE provider_id = ?1")?
                     .execute(params![id])?;
+                if self.config().provider_secrets.contains(id) {
+                    self.config_mut().provider_secrets.remove(id);
+                }
             }
             _ => {}
         }
         Ok(())
+    }
+
+    /// Deletes the tokens stored for scopes that do not exist; how many.
+    pub fn delete_orphan_tokens(&self) -> Result<usize> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "DELETE FROM oauth_tokens
+                 WHERE scope_id NOT IN (SELECT id FROM objects WHERE kind = ?1)",
+            )?
+            .execute(params![Kind::Scope.tag()])?)
     }
 
     /// Decrypts a scope's stored values (empty when none are stored).
@@ -164,17 +189,6 @@ impl<'a> WriteCtx<'a> {
             .secrets
             .insert(scope_id.to_owned(), SecretMeta { keys, version });
         Ok(version)
-    }
-
-    /// Deletes all of a scope's stored values; whether there were any.
-    pub fn delete_secrets(&mut self, scope_id: &str) -> Result<bool> {
-        let deleted = self
-            .conn
-            .prepare_cached("DELETE FROM scope_secrets WHERE scope_id = ?1")?
-            .execute(params![scope_id])?
-            > 0;
-        self.config_mut().secrets.remove(scope_id);
-        Ok(deleted)
     }
 
     /// Encrypts and stores a provider's client secret.

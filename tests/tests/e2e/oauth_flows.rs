@@ -36,6 +36,13 @@
 //!   complete a flow another uid started, and every refusal by the Auth
 //!   service is audited as denied; an owner that is not an admin may
 //!   authorize its own scope;
+//! * a scope deleted while its device flow waits for the user gets no
+//!   token when the user approves (the CLI says why), and a scope created
+//!   under its id, by another owner on the same provider, is
+//!   `unauthorized`, also after a restart; token rows of no scope are
+//!   deleted at start, and a new scope never inherits its id's old rows;
+//! * a provider's device-code lifetime past any clock is bounded (1800 s)
+//!   and the flow completes;
 //! * no byte of an access token, an authorization code or a client secret
 //!   (raw, any 12-byte run of a token or code, hex, base64 at every
 //!   alignment) is in any file of the state directory (while the daemon
@@ -1270,4 +1277,136 @@ fn needles_find_every_encoding_of_a_value() {
             "nothing found in {haystack}"
         );
     }
+}
+
+// ------------------------------------------- 11. a scope's id used again
+
+/// The ids of the scopes that have a row of tokens in the vault's database.
+fn token_rows(vault: &Vault) -> Vec<String> {
+    let db = rusqlite::Connection::open(vault.state_dir.join("vault.db")).unwrap();
+    db.busy_timeout(Duration::from_secs(10)).unwrap();
+    let mut stmt = db
+        .prepare("SELECT scope_id FROM oauth_tokens ORDER BY scope_id")
+        .unwrap();
+    stmt.query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap()
+}
+
+#[test]
+fn a_scope_deleted_while_its_device_flow_waits_gets_no_token_nor_does_its_successor() {
+    let server = OAuthServer::start_with(&OAuthOptions {
+        device_interval_secs: Some(1),
+        ..OAuthOptions::default()
+    });
+    let mut vault = vault_with_servers(VaultOptions {
+        client_group: Some(G),
+        ..VaultOptions::default()
+    });
+    configure(&vault, &server, Client::Public, "p", "s");
+
+    // The flow waits for the user; meanwhile the scope is deleted, and the
+    // user approves at the provider all the same.
+    let device = DeviceFlow::start(&vault, None, "s");
+    vault.ctl(["scope", "delete", "s"]).ok();
+    browser_approve_device(&device.verification_uri, &device.user_code);
+    let run = device.finish();
+    assert_eq!(run.code, 4, "{run:#?}");
+    assert!(
+        run.stderr.contains(
+            "auth_scope s was deleted while it was being authorized; the tokens the provider issued were not stored"
+        ),
+        "{run:#?}"
+    );
+    assert!(token_rows(&vault).is_empty(), "{:?}", token_rows(&vault));
+
+    // Another user's scope under the same id, on the same provider, starts
+    // with nothing: for its owner, for root, and after a restart.
+    create_scope(&vault, "s", "p", &["--owner", &U2.0.to_string()]);
+    let check = |vault: &Vault| {
+        let s = status(vault, "s");
+        assert_eq!(s["status"], "unauthorized", "{s:#}");
+        let owners = probe(vault, Some(U2), &["credential", "s", STDIO_SERVER, "stdio"]);
+        assert_oauth_refusal(&owners, "UNAUTHORIZED", "s");
+    };
+    check(&vault);
+    vault.restart();
+    check(&vault);
+    assert!(token_rows(&vault).is_empty(), "{:?}", token_rows(&vault));
+
+    let records = audit(&vault);
+    assert_eq!(
+        audited(&records, 0, "Auth/DeviceAuthorization", "s", "error").len(),
+        1,
+        "{records:#?}"
+    );
+    assert!(
+        audited(&records, 0, "Auth/DeviceAuthorization", "s", "success").is_empty(),
+        "{records:#?}"
+    );
+}
+
+#[test]
+fn tokens_of_no_scope_are_dropped_at_start_and_a_new_scope_never_inherits_them() {
+    let server = OAuthServer::start(3600);
+    let mut vault = vault_with_servers(VaultOptions::default());
+    configure(&vault, &server, Client::Public, "p", "s");
+    authorize(&vault, "s");
+    let token = release(&vault, "s", "ACCESS_TOKEN").token;
+
+    // What a vault that stored tokens for a scope deleted during its
+    // authorization left behind: rows under ids that name no scope.
+    let db = rusqlite::Connection::open(vault.state_dir.join("vault.db")).unwrap();
+    db.busy_timeout(Duration::from_secs(10)).unwrap();
+    for ghost in ["early", "late"] {
+        db.execute(
+            "INSERT INTO oauth_tokens (scope_id, ciphertext, meta)
+             SELECT ?1, ciphertext, meta FROM oauth_tokens WHERE scope_id = 's'",
+            [ghost],
+        )
+        .unwrap();
+    }
+    drop(db);
+    assert_eq!(token_rows(&vault), ["early", "late", "s"]);
+
+    // Created while the vault runs: the creation deletes what its id left.
+    create_scope(&vault, "early", "p", &[]);
+    assert_eq!(token_rows(&vault), ["late", "s"]);
+    assert_unauthorized(&vault, "early");
+
+    // A start deletes rows whose scope does not exist.
+    vault.restart();
+    assert_eq!(token_rows(&vault), ["s"]);
+    assert_unauthorized(&vault, "early");
+    create_scope(&vault, "late", "p", &[]);
+    assert_unauthorized(&vault, "late");
+    assert_eq!(release(&vault, "s", "ACCESS_TOKEN").token, token);
+    assert!(
+        vault
+            .log()
+            .contains("deleted the stored tokens of scopes that no longer exist")
+    );
+}
+
+#[test]
+fn a_device_code_lifetime_past_any_clock_is_bounded() {
+    let server = OAuthServer::start_with(&OAuthOptions {
+        device_interval_secs: Some(1),
+        device_expires_in_secs: Some(10_000_000_000_000_000_000),
+        ..OAuthOptions::default()
+    });
+    let vault = vault_with_servers(VaultOptions::default());
+    configure(&vault, &server, Client::Public, "p", "s");
+
+    let device = DeviceFlow::start(&vault, None, "s");
+    browser_approve_device(&device.verification_uri, &device.user_code);
+    let run = device.finish();
+    assert_eq!(run.code, 0, "{run:#?}");
+    assert!(
+        run.stderr.contains("The code expires in 1800 s."),
+        "{run:#?}"
+    );
+    assert_valid(&vault, "s", "p");
+    assert!(!vault.log().contains("panicked"), "{}", vault.log());
 }

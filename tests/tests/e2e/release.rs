@@ -9,7 +9,9 @@
 //! is not the server's, is refused with INVALID_ARGUMENT naming scope and
 //! server, and audited as denied. `identity rotate` re-encrypts to a new
 //! identity that replaces identity.txt (no identity.next.txt left), and
-//! values are still released after a restart. `audit --follow --json`
+//! values are still released after a restart; an identity a rotation left
+//! in identity.next.txt, because it could not replace identity.txt, is
+//! installed by the next rotation, never deleted. `audit --follow --json`
 //! streams a record written after it started, and only the kind asked for.
 
 // Test code: a failed step must abort the test, hence unwrap and expect.
@@ -301,6 +303,60 @@ fn identity_rotate_reencrypts_and_values_survive_a_restart() {
         .unwrap();
     assert_eq!(stored, new);
     assert!(!vault.state_dir.join("identity.next.txt").exists());
+}
+
+/// A rotation that committed but could not replace identity.txt leaves
+/// the identity the database is encrypted to in identity.next.txt. The
+/// next rotation installs it before it starts, so that one failing in its
+/// transaction loses nothing: the vault starts again on the live identity.
+#[test]
+fn a_rotation_left_pending_is_installed_by_the_next_even_when_that_one_fails() {
+    let mut vault = setup();
+    let identity = vault.state_dir.join("identity.txt");
+    let pending = vault.state_dir.join("identity.next.txt");
+    // identity.txt cannot be replaced while a non-empty directory stands
+    // in its place.
+    let saved = vault.root.path().join("identity.saved");
+    std::fs::rename(&identity, &saved).unwrap();
+    std::fs::create_dir(&identity).unwrap();
+    std::fs::write(identity.join("in-the-way"), "").unwrap();
+    let first = vault.ctl(["--json", "identity", "rotate"]).json();
+    let live = first["recipient"].as_str().unwrap().to_owned();
+    assert_eq!(public_key(&pending), live, "{first:#}");
+    std::fs::remove_dir_all(&identity).unwrap();
+    std::fs::rename(&saved, &identity).unwrap();
+    assert_ne!(public_key(&identity), live);
+
+    // The next rotation fails in its transaction: a stored value no longer
+    // decrypts.
+    let db = rusqlite::Connection::open(vault.state_dir.join("vault.db")).unwrap();
+    db.busy_timeout(Duration::from_secs(10)).unwrap();
+    db.execute(
+        "UPDATE scope_secrets SET ciphertext = x'00' WHERE scope_id = 'hdr'",
+        [],
+    )
+    .unwrap();
+    drop(db);
+    let failed = vault.ctl(["identity", "rotate"]);
+    assert_ne!(failed.code, 0, "{failed:#?}");
+    assert_eq!(public_key(&identity), live, "{failed:#?}");
+    assert!(!pending.exists());
+
+    vault.restart();
+    assert_eq!(
+        vault.ctl(["--json", "status"]).json()["recipient"],
+        live.as_str()
+    );
+    assert_eq!(
+        release_gh(&vault, &[]).values(),
+        pairs(&[("GITHUB_TOKEN", GH_FIRST), ("NOTE", NOTE)])
+    );
+    let records = audit(&vault);
+    for status in ["success", "error"] {
+        one(&records, status, |r| {
+            r["action"] == "Admin/RotateIdentity" && r["status"] == status
+        });
+    }
 }
 
 /// Reads JSON lines from `lines` until one satisfies `pred`; returns the
