@@ -247,9 +247,15 @@ impl Authorizer {
         self.daemon_uid
     }
 
-    /// Whether `owner` is the daemon or root (their objects apply to everyone).
+    /// Whether objects of `owner` apply to everyone: nobody's (built in),
+    /// root's, the daemon's, or an admin's (a member of the admin group, as
+    /// the user database says now: admins administer for every user, and a
+    /// server an admin sets up for a granted scope must reach its grantees).
     fn is_system_owner(&self, owner: Option<u32>) -> bool {
         is_system_owner(owner, self.daemon_uid)
+            || owner
+                .zip(self.admin_gid)
+                .is_some_and(|(uid, gid)| sys::uid_in_group(uid, gid))
     }
 
     /// Whether a user may build on an object owned by `owner`: its own, or

@@ -161,6 +161,23 @@ pub fn resolve_group(spec: &str) -> Option<u32> {
         .map(|g| g.gid.as_raw())
 }
 
+/// Whether user `uid` is a member of group `gid`, by its primary group or
+/// a supplementary one, as the user database says now. An unknown user is a
+/// member of nothing.
+pub fn uid_in_group(uid: u32, gid: u32) -> bool {
+    let Ok(Some(user)) = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) else {
+        return false;
+    };
+    if user.gid.as_raw() == gid {
+        return true;
+    }
+    let Ok(name) = std::ffi::CString::new(user.name) else {
+        return false;
+    };
+    nix::unistd::getgrouplist(&name, user.gid)
+        .is_ok_and(|groups| groups.iter().any(|g| g.as_raw() == gid))
+}
+
 /// Resolves a user given by name or numeric id.
 pub fn resolve_user(spec: &str) -> Option<u32> {
     if let Ok(uid) = spec.parse::<u32>() {
