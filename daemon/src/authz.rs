@@ -279,7 +279,15 @@ impl Authorizer {
             return (**config).clone();
         }
         let uid = caller.uid();
-        let mine = |o: &Option<OwnerSpec>| self.mine_or_system(caller, o.as_ref());
+        // Each owner's standing looked up once (a user database lookup for
+        // each uid, not for each object).
+        let mut standing: HashMap<Option<u32>, bool> = HashMap::new();
+        let mut mine = |o: &Option<OwnerSpec>| {
+            let owner = o.as_ref().and_then(OwnerSpec::uid);
+            *standing
+                .entry(owner)
+                .or_insert_with(|| owner == Some(uid) || self.is_system_owner(owner))
+        };
         let mut out = ConfigState::default();
         for (id, s) in &config.scopes {
             let owned = s.spec.owner.as_ref().and_then(OwnerSpec::uid) == Some(uid);

@@ -18,7 +18,7 @@ use tokio::sync::{Mutex, mpsc};
 
 use crate::downstream::{Downstream, DownstreamError, Event};
 use crate::http::HttpDownstream;
-use crate::redact::redact;
+use crate::redact::{Scrub, redact};
 use crate::restart::{Ending, History, Policy, Verdict};
 use crate::router::{Decision, split_tool};
 use crate::vault::{Released, Routing, VaultError, VaultLink};
@@ -1005,11 +1005,13 @@ impl Gateway {
             Err(err) => {
                 // What the child said (an initialize error) may echo the
                 // values it was started with.
-                let scrub = credential.as_ref().map(Released::scrub).unwrap_or_default();
-                let reason = scrub.text(&match &err {
+                let mut reason = match &err {
                     DownstreamError::Start { reason, .. } => reason.clone(),
                     other => other.to_string(),
-                });
+                };
+                if let Some(credential) = &credential {
+                    reason = credential.scrub().text(&reason);
+                }
                 self.record_ending(&key, server, Ending::StartFailed(reason), Duration::ZERO);
                 return Err(CallError::from(err).scrubbed(credential.as_ref()));
             }
@@ -1189,9 +1191,10 @@ impl Gateway {
         log_full: bool,
     ) {
         let hints = credential.map(|c| c.hints.clone()).unwrap_or_default();
-        let scrub = credential.map(Released::scrub).unwrap_or_default();
+        let nothing = Scrub::default();
+        let scrub = credential.map_or(&nothing, Released::scrub);
         let mut arguments = params.get("arguments").cloned().unwrap_or(Value::Null);
-        redact(&mut arguments, &hints, &scrub);
+        redact(&mut arguments, &hints, scrub);
         // The tool's name is the client's text too.
         record.tool = scrub.text(&record.tool);
         record.params = arguments.to_string();
@@ -1206,7 +1209,7 @@ impl Gateway {
                 if log_full {
                     // Full logging: the response too, redacted the same way.
                     let mut response = result.clone();
-                    redact(&mut response, &hints, &scrub);
+                    redact(&mut response, &hints, scrub);
                     record.response = response.to_string();
                 }
             }

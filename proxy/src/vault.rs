@@ -72,9 +72,8 @@ pub struct Released {
     pub version: u64,
     /// Keys to redact from audited params.
     pub hints: Vec<String>,
-    /// What the vault says to scrub besides the values themselves (for an
-    /// OAuth token sent as `Bearer TOKEN`, the bare token).
-    extra: Vec<Zeroizing<Vec<u8>>>,
+    /// What to scrub from anything recorded or passed on about the call.
+    scrub: Scrub,
 }
 
 impl Released {
@@ -82,27 +81,34 @@ impl Released {
         // Moved, not copied, into zeroizing buffers. The transport's receive
         // buffer that prost decoded from is freed by tonic, not wiped: it is
         // outside this process's reach, like the vault's own send buffer.
+        let values: Vec<(String, Zeroizing<Vec<u8>>)> = c
+            .values
+            .into_iter()
+            .map(|mut v| (v.name, Zeroizing::new(std::mem::take(&mut v.value))))
+            .collect();
+        // Besides the values, what the vault names (for an OAuth token sent
+        // as `Bearer TOKEN`, the bare token).
+        let extra: Vec<Zeroizing<Vec<u8>>> = c.scrub.into_iter().map(Zeroizing::new).collect();
+        let scrub = Scrub::new(
+            values
+                .iter()
+                .map(|(_, v)| v.as_slice())
+                .chain(extra.iter().map(|v| v.as_slice())),
+            c.kind == "header",
+        );
         Self {
             kind: c.kind,
-            values: c
-                .values
-                .into_iter()
-                .map(|mut v| (v.name, Zeroizing::new(std::mem::take(&mut v.value))))
-                .collect(),
+            values,
             version: c.version,
             hints: c.redaction_hints,
-            extra: c.scrub.into_iter().map(Zeroizing::new).collect(),
+            scrub,
         }
     }
 
     /// What to scrub from anything recorded or passed on about the call:
     /// the values, what the vault named, and the forms they take.
-    pub fn scrub(&self) -> Scrub {
-        let values = self.values.iter().map(|(_, v)| v.as_slice());
-        Scrub::new(
-            values.chain(self.extra.iter().map(|v| v.as_slice())),
-            self.kind == "header",
-        )
+    pub fn scrub(&self) -> &Scrub {
+        &self.scrub
     }
 }
 
