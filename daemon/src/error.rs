@@ -68,6 +68,13 @@ pub enum VaultError {
         /// Whether trying again later may succeed by itself.
         retryable: bool,
     },
+    /// The caller went past a bound on what one peer may use (time,
+    /// connections, audit records); other callers are not affected.
+    #[error("{message}")]
+    LimitExceeded {
+        /// Names the limit and what to do.
+        message: String,
+    },
     /// The identity is sealed: nothing can be decrypted until an
     /// administrator unlocks the vault.
     #[error(
@@ -126,6 +133,13 @@ impl VaultError {
         }
     }
 
+    /// A bound on one peer was reached.
+    pub fn limit(message: impl Into<String>) -> Self {
+        Self::LimitExceeded {
+            message: message.into(),
+        }
+    }
+
     /// The stable code sent as `mcplexer-error-code`.
     pub fn code(&self) -> &'static str {
         match self {
@@ -136,6 +150,7 @@ impl VaultError {
             Self::AlreadyExists { .. } => "ALREADY_EXISTS",
             Self::FailedPrecondition { .. } => "FAILED_PRECONDITION",
             Self::OAuth { code, .. } => code,
+            Self::LimitExceeded { .. } => "RESOURCE_EXHAUSTED",
             Self::Sealed => "VAULT_SEALED",
             Self::Database(_) => "DATABASE",
             Self::Crypto(_) => "CRYPTO",
@@ -174,6 +189,7 @@ impl From<VaultError> for tonic::Status {
                     Code::FailedPrecondition
                 }
             }
+            VaultError::LimitExceeded { .. } => Code::ResourceExhausted,
             VaultError::Unavailable => Code::Unavailable,
             VaultError::Database(_) | VaultError::Crypto(_) | VaultError::Io { .. } => {
                 Code::Internal

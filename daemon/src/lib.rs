@@ -12,6 +12,7 @@ pub mod authz;
 pub mod cli;
 pub mod clock;
 pub mod error;
+pub mod limits;
 pub mod model;
 pub mod oauth;
 pub mod ops;
@@ -181,12 +182,8 @@ fn prepare_state_dir(dir: &Path, uid: u32) -> Result<(), StartError> {
 async fn apply_config(store: &Store, path: &Path, uid: u32) -> Result<(), StartError> {
     let yaml = std::fs::read_to_string(path)
         .map_err(|e| StartError(format!("cannot read the config {}: {e}", path.display())))?;
-    let mut doc: model::Document = if yaml.trim().is_empty() {
-        model::Document::default()
-    } else {
-        yaml_serde::from_str(&yaml)
-            .map_err(|e| StartError(format!("the config {} is not valid: {e}", path.display())))?
-    };
+    let mut doc: model::Document = model::yaml::from_str(&yaml, model::yaml::Limits::DOCUMENT)
+        .map_err(|e| StartError(format!("the config {} is not valid: {e}", path.display())))?;
     let problems = model::normalize_all(&mut doc, Some(uid));
     if !problems.is_empty() {
         return Err(StartError(format!(
@@ -368,6 +365,7 @@ pub async fn run(
         identity_sealed: std::sync::atomic::AtomicBool::new(sealed),
         tokens,
         flows: crate::oauth::flows::Flows::default(),
+        work: limits::WorkGate::for_this_machine(),
     });
     tokio::spawn(prune_audit(store, retention_days));
     tracing::info!(

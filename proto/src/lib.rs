@@ -26,6 +26,10 @@ pub mod v1 {
 /// The largest gRPC message either side accepts (4 MiB).
 pub const MAX_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
 
+/// The longest YAML document the vault reads (apply, dry-run, the config
+/// file): 1 MiB, far beyond any real configuration.
+pub const MAX_DOCUMENT_SIZE: usize = 1024 * 1024;
+
 /// Metadata key carrying the vault's stable error code (e.g. `NOT_FOUND`).
 pub const ERROR_CODE_KEY: &str = "mcplexer-error-code";
 

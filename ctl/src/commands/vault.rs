@@ -111,8 +111,8 @@ fn read_document(path: &std::path::Path) -> Result<String, Failure> {
     } else {
         std::fs::read(path).map_err(|e| Failure::usage(format!("cannot read {name}: {e}")))?
     };
-    // The request must fit the vault's message limit, with room for framing.
-    let limit = mcplexer_proto::MAX_MESSAGE_SIZE - 1024;
+    // The vault reads no longer document; saying so here saves sending it.
+    let limit = mcplexer_proto::MAX_DOCUMENT_SIZE;
     if bytes.len() > limit {
         return Err(Failure::usage(format!(
             "{name} is too large: {} bytes, over the vault's limit of {limit} bytes per document; split it into several documents",

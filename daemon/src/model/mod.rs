@@ -13,6 +13,7 @@ pub use proto::{
     scope_to_proto, server_to_proto, workspace_to_proto,
 };
 mod validate;
+pub mod yaml;
 
 use std::collections::{BTreeMap, BTreeSet};
 

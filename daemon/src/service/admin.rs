@@ -8,9 +8,10 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 use zeroize::Zeroizing;
 
-use super::SharedRef;
+use super::{Shared, SharedRef};
 use crate::authz::Caller;
 use crate::error::{Result, VaultError};
+use crate::limits::PARSE_DEADLINE;
 use crate::model::{
     self, ConfigState, Document, Obj, ProviderSpec, RouteSpec, ScopeSpec, ServerSpec,
     WorkspaceSpec, normalize_all, normalize_one,
@@ -243,20 +244,23 @@ fn route_p(o: &Obj<RouteSpec>, _: &ConfigState) -> pb::RouteRule {
     model::route_to_proto(o)
 }
 
-/// Parses and normalises an apply document; problems name line and column
-/// (syntax, unknown fields) or the object (values).
-fn parse_document(yaml: &str, caller: &Caller) -> Result<Document> {
-    let mut doc: Document = if yaml.trim().is_empty() {
-        Document::default()
-    } else {
-        yaml_serde::from_str(yaml)
-            .map_err(|e| VaultError::invalid(format!("invalid YAML document: {e}")))?
-    };
-    let problems = normalize_all(&mut doc, Some(caller.uid()));
-    if !problems.is_empty() {
-        return Err(VaultError::invalid(problems.join("\n")));
-    }
-    Ok(doc)
+/// Parses and normalises an apply document off the runtime, within the
+/// document limits and the parse deadline; problems name line and column
+/// (syntax, unknown fields, the limit hit) or the object (values).
+async fn parse_document(shared: &Shared, yaml: String, caller: &Caller) -> Result<Document> {
+    let uid = caller.uid();
+    shared
+        .work
+        .run(uid, "parsing the document", PARSE_DEADLINE, move || {
+            let mut doc: Document = model::yaml::from_str(&yaml, model::yaml::Limits::DOCUMENT)
+                .map_err(|e| VaultError::invalid(format!("invalid YAML document: {e}")))?;
+            let problems = normalize_all(&mut doc, Some(uid));
+            if !problems.is_empty() {
+                return Err(VaultError::invalid(problems.join("\n")));
+            }
+            Ok(doc)
+        })
+        .await?
 }
 
 fn ok<T>(value: T) -> Reply<T> {
@@ -309,13 +313,13 @@ impl Admin for AdminService {
         let caller = self.0.authorize(&request, "Admin/Apply").await?;
         let req = request.into_inner();
         let dry_run = req.dry_run;
-        let prepared = (|| {
-            let doc = parse_document(&req.yaml, &caller)?;
+        let parsed = parse_document(&self.0, req.yaml, &caller).await;
+        let prepared = parsed.and_then(|doc| {
             for_each_owner_check(&caller, &doc)?;
             self.check_references(&caller, doc.auth_scopes.iter(), Some(&doc))?;
             self.check_references(&caller, doc.route_rules.iter(), Some(&doc))?;
             Ok(doc)
-        })();
+        });
         let result = match prepared {
             Err(err) => {
                 let refused = Err(err);

@@ -59,6 +59,8 @@ pub struct Shared {
     pub tokens: crate::oauth::tokens::Tokens,
     /// Authorization-code flows in progress.
     pub flows: crate::oauth::flows::Flows,
+    /// Runs peers' CPU-heavy work (parsing) off the runtime, per uid.
+    pub work: crate::limits::WorkGate,
 }
 
 impl Shared {

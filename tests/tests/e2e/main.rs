@@ -9,6 +9,7 @@ mod backup;
 mod bad_input;
 mod crash;
 mod hardening;
+mod hostile;
 mod oauth_flows;
 mod oauth_peer;
 mod oauth_providers;
