@@ -175,14 +175,16 @@ impl Failure {
                 if verbose {
                     let _ = writeln!(out, "code: {} ({:?})", code.unwrap_or("-"), status.code());
                 }
-                // A status the vault did not write: the connection failed.
-                if code.is_none() && status.code() == Code::Unavailable {
+                // A status the vault did not write: the connection failed
+                // (tonic says Unavailable, or Unknown "transport error"
+                // when the connection ended before an answer).
+                if code.is_none() && matches!(status.code(), Code::Unavailable | Code::Unknown) {
                     let path = socket
                         .as_deref()
                         .map_or_else(String::new, |p| format!(" at {}", p.display()));
                     let _ = writeln!(
                         out,
-                        "hint: lost the connection to the vault{path}; is it running? {}",
+                        "hint: lost the connection to the vault{path}: it stopped, or it closed the connection because your uid holds as many connections to it as it allows (its log names the uid; close some clients). {}",
                         start_hint()
                     );
                 }
@@ -245,6 +247,7 @@ fn unreachable_hint(e: &ConnectError) -> String {
              or give another socket with --socket PATH"
                 .to_owned()
         }
+        ConnectError::Transport { .. } => "the vault accepted the connection and closed it: it is stopping, or your uid holds as many connections to it as it allows (its log names the uid; close some clients)".to_owned(),
         _ => format!("is the vault running? {}", start_hint()),
     }
 }

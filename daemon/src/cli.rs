@@ -51,4 +51,14 @@ pub struct Cli {
     /// Days audit records are kept.
     #[arg(long, value_name = "DAYS", default_value_t = 90, value_parser = clap::value_parser!(u32).range(1..))]
     pub audit_retention_days: u32,
+    /// Connections one user (not an admin) may hold open to the socket at
+    /// once; more are closed at accept. The total follows the descriptor
+    /// limit (LimitNOFILE=), with room always kept for admins and for
+    /// users holding few connections.
+    #[arg(long, value_name = "N", default_value_t = crate::conn::Limits::DEFAULT_PER_USER, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=16384))]
+    pub max_connections_per_user: usize,
+    /// Seconds a new connection has to start speaking HTTP/2 (the
+    /// preface) before it is closed.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub handshake_timeout_sec: u64,
 }

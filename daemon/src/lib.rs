@@ -11,6 +11,7 @@
 pub mod authz;
 pub mod cli;
 pub mod clock;
+pub mod conn;
 pub mod error;
 pub mod limits;
 pub mod model;
@@ -340,10 +341,13 @@ pub async fn run(
             let listener = server::bind(&settings.socket, settings.client_gid)
                 .await
                 .map_err(StartError)?;
-            (listener, server::Socket::Bound(settings.socket.clone()))
+            (listener, server::Socket::bound(settings.socket.clone()))
         }
     };
     let retention_days = cli.audit_retention_days;
+    // Turns true on SIGTERM/SIGINT: ends every long-lived stream, so no
+    // proxy keeps this vault (and its configuration) alive after a stop.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let tokens = crate::oauth::tokens::Tokens::load(&store).await?;
     let shared = Arc::new(Shared {
         store: store.clone(),
@@ -366,6 +370,7 @@ pub async fn run(
         tokens,
         flows: crate::oauth::flows::Flows::default(),
         work: limits::WorkGate::for_this_machine(),
+        streams: limits::Streams::new(limits::USER_STREAMS, stop_rx.clone()),
     });
     tokio::spawn(prune_audit(store, retention_days));
     tracing::info!(
@@ -385,7 +390,40 @@ pub async fn run(
     } else {
         notify(&service.notifier, "READY=1");
     }
-    let served = server::serve(listener, socket, shared, shutdown_signal(service.notifier)).await;
+    let nofile = conn::raise_descriptor_limit();
+    let limits = conn::Limits::for_descriptors(
+        nofile,
+        cli.max_connections_per_user,
+        Duration::from_secs(cli.handshake_timeout_sec),
+    );
+    tracing::info!(
+        descriptors = nofile,
+        connections = limits.total,
+        per_user = limits.per_user,
+        "connection limits"
+    );
+    let signal = async move {
+        shutdown_signal(service.notifier).await;
+        let _ = stop_tx.send(true);
+    };
+    let serving = server::serve(listener, shared, limits, signal);
+    tokio::pin!(serving);
+    let mut stopping = stop_rx;
+    let grace = async move {
+        let _ = stopping.wait_for(|stop| *stop).await;
+        tokio::time::sleep(STOP_GRACE).await;
+    };
+    let served = tokio::select! {
+        served = &mut serving => served,
+        () = grace => {
+            tracing::warn!(
+                seconds = STOP_GRACE.as_secs(),
+                "requests still running after the stop grace period; stopping without them"
+            );
+            Ok(())
+        }
+    };
+    socket.remove_if_ours();
     // Not required for safety (the next start ingests the journal), but a
     // clean stop leaves the audit table complete.
     if let Err(err) = journal.flush().await {
@@ -401,6 +439,10 @@ pub async fn run(
     }
     served.map_err(StartError)
 }
+
+/// How long a stop waits for requests in flight once every stream has
+/// been ended; well within the unit's TimeoutStopSec=.
+const STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// Deletes audit records past retention, now and every hour.
 async fn prune_audit(store: Store, days: u32) {

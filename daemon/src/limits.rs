@@ -4,17 +4,33 @@
 //! * [`WorkGate`]: CPU-heavy work a peer asks for (parsing its documents)
 //!   runs off the async runtime, one job per uid at a time, under a
 //!   deadline.
+//! * [`InFlightLayer`]: a user uid has at most [`USER_IN_FLIGHT`] requests
+//!   being handled at once; more wait their turn behind that uid's own, not
+//!   in front of anyone else's.
+//! * [`Streams`]: a user uid holds at most [`USER_STREAMS`] long-lived
+//!   streams (config watches, audit tails), and every stream ends when the
+//!   vault shuts down.
 //!
-//! The socket's connection caps live in `server` and the audit quotas in
-//! `service::vault`; both take their numbers from here.
+//! The socket's connection caps live in `conn`.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio_stream::Stream;
 
+use crate::authz::{Caller, PeerInfo};
 use crate::error::{Result, VaultError};
+
+/// Requests one user uid may have in the vault's handlers at once.
+pub const USER_IN_FLIGHT: usize = 32;
+
+/// Long-lived streams one user uid may hold open at once.
+pub const USER_STREAMS: usize = 16;
 
 /// How long the parse of one document may take, queueing included.
 pub const PARSE_DEADLINE: Duration = Duration::from_secs(5);
@@ -96,6 +112,231 @@ impl WorkGate {
         if map.get(&uid).is_some_and(|s| Arc::strong_count(s) == 1) {
             map.remove(&uid);
         }
+    }
+}
+
+/// Tells admins from users for the per-uid limits.
+pub type IsAdmin = Arc<dyn Fn(&PeerInfo) -> bool + Send + Sync>;
+
+/// Per-uid semaphores, created on first use and dropped when idle.
+struct PerUid {
+    permits: usize,
+    map: Mutex<HashMap<u32, Arc<Semaphore>>>,
+}
+
+impl PerUid {
+    fn new(permits: usize) -> Self {
+        Self {
+            permits,
+            map: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn get(&self, uid: u32) -> Arc<Semaphore> {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(uid)
+            .or_insert_with(|| Arc::new(Semaphore::new(self.permits)))
+            .clone()
+    }
+
+    /// Drops `uid`'s semaphore when nothing holds or waits on it.
+    fn forget_idle(&self, uid: u32) {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if map.get(&uid).is_some_and(|s| Arc::strong_count(s) == 1) {
+            map.remove(&uid);
+        }
+    }
+}
+
+/// A tower layer bounding the requests each user uid has in the handlers
+/// at once (admins are not bounded). A response that is a stream holds its
+/// permit only until the stream starts; [`Streams`] bounds those.
+#[derive(Clone)]
+pub struct InFlightLayer {
+    per_uid: Arc<PerUid>,
+    is_admin: IsAdmin,
+}
+
+impl InFlightLayer {
+    /// A layer letting each user uid have `permits` requests in flight.
+    pub fn new(permits: usize, is_admin: IsAdmin) -> Self {
+        Self {
+            per_uid: Arc::new(PerUid::new(permits)),
+            is_admin,
+        }
+    }
+}
+
+impl<S> tower::Layer<S> for InFlightLayer {
+    type Service = InFlight<S>;
+    fn layer(&self, inner: S) -> InFlight<S> {
+        InFlight {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// The service of [`InFlightLayer`].
+#[derive(Clone)]
+pub struct InFlight<S> {
+    inner: S,
+    layer: InFlightLayer,
+}
+
+/// Releases a uid's permit (and forgets the uid when idle) when dropped.
+struct InFlightPermit {
+    _permit: OwnedSemaphorePermit,
+    per_uid: Arc<PerUid>,
+    uid: u32,
+}
+
+impl Drop for InFlightPermit {
+    fn drop(&mut self) {
+        // The permit itself is released after this body; the map entry
+        // still counts this semaphore's Arc, so it stays until the next
+        // idle check.
+        self.per_uid.forget_idle(self.uid);
+    }
+}
+
+impl<S, B> tower::Service<tonic::codegen::http::Request<B>> for InFlight<S>
+where
+    S: tower::Service<tonic::codegen::http::Request<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = std::result::Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<std::result::Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: tonic::codegen::http::Request<B>) -> Self::Future {
+        // The service that was polled ready handles this request; a fresh
+        // clone takes its place for the next.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let limited = request
+            .extensions()
+            .get::<PeerInfo>()
+            .filter(|peer| !(self.layer.is_admin)(peer))
+            .map(|peer| peer.uid);
+        let per_uid = self.layer.per_uid.clone();
+        Box::pin(async move {
+            let _held = match limited {
+                None => None,
+                Some(uid) => {
+                    let semaphore = per_uid.get(uid);
+                    match semaphore.acquire_owned().await {
+                        Ok(permit) => Some(InFlightPermit {
+                            _permit: permit,
+                            per_uid,
+                            uid,
+                        }),
+                        // Never closed; handle it as unlimited.
+                        Err(_) => None,
+                    }
+                }
+            };
+            inner.call(request).await
+        })
+    }
+}
+
+/// Bounds long-lived streams per user uid and ends them all at shutdown.
+pub struct Streams {
+    per_user: usize,
+    open: Arc<Mutex<HashMap<u32, usize>>>,
+    shutdown: watch::Receiver<bool>,
+}
+
+/// One open stream's place; given back when the stream is dropped.
+pub struct StreamTicket {
+    open: Arc<Mutex<HashMap<u32, usize>>>,
+    uid: u32,
+}
+
+impl Drop for StreamTicket {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.uid) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.uid);
+            }
+        }
+    }
+}
+
+impl Streams {
+    /// Streams that end when `shutdown` turns true.
+    pub fn new(per_user: usize, shutdown: watch::Receiver<bool>) -> Self {
+        Self {
+            per_user,
+            open: Arc::new(Mutex::new(HashMap::new())),
+            shutdown,
+        }
+    }
+
+    /// Wraps `stream` for `caller`: refused (RESOURCE_EXHAUSTED) when a
+    /// user already holds its share; ended at shutdown.
+    pub fn open<S>(
+        &self,
+        caller: &Caller,
+        what: &str,
+        stream: S,
+    ) -> Result<impl Stream<Item = S::Item> + Send + use<S>>
+    where
+        S: Stream + Send + 'static,
+    {
+        let uid = caller.uid();
+        let ticket = {
+            let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+            let held = open.entry(uid).or_insert(0);
+            if !caller.is_admin() && *held >= self.per_user {
+                return Err(VaultError::limit(format!(
+                    "uid {uid} already has {held} {what} streams open; the limit is {} per user (close some clients)",
+                    self.per_user
+                )));
+            }
+            *held += 1;
+            StreamTicket {
+                open: self.open.clone(),
+                uid,
+            }
+        };
+        let mut shutdown = self.shutdown.clone();
+        Ok(UntilStop {
+            inner: Box::pin(stream),
+            stop: Box::pin(async move {
+                let _ = shutdown.wait_for(|stopping| *stopping).await;
+            }),
+            done: false,
+            _ticket: ticket,
+        })
+    }
+}
+
+/// A stream that ends when the vault stops, holding its ticket meanwhile.
+struct UntilStop<S> {
+    inner: Pin<Box<S>>,
+    stop: Pin<Box<dyn Future<Output = ()> + Send>>,
+    done: bool,
+    _ticket: StreamTicket,
+}
+
+impl<S: Stream> Stream for UntilStop<S> {
+    type Item = S::Item;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
+        if self.done || self.stop.as_mut().poll(cx).is_ready() {
+            self.done = true;
+            return Poll::Ready(None);
+        }
+        self.inner.as_mut().poll_next(cx)
     }
 }
 

@@ -1,87 +1,20 @@
 //! The gRPC server on the Unix socket: binding, peer credentials of every
 //! connection, serving until SIGTERM/SIGINT.
 
-use std::io;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::time::Duration;
 
 use mcplexer_proto::MAX_MESSAGE_SIZE;
 use mcplexer_proto::v1::admin_server::AdminServer;
 use mcplexer_proto::v1::auth_server::AuthServer;
 use mcplexer_proto::v1::vault_server::VaultServer;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{UnixListener, UnixStream};
-use tokio_stream::StreamExt;
-use tonic::transport::server::Connected;
 
-use crate::authz::PeerInfo;
+use crate::conn;
+use crate::limits::{InFlightLayer, IsAdmin, USER_IN_FLIGHT};
 use crate::service::{AdminService, AuthService, Shared, VaultService};
 use crate::sys;
-
-/// A connection with the peer credentials the kernel recorded at connect.
-pub struct PeerStream {
-    inner: UnixStream,
-    peer: PeerInfo,
-}
-
-impl PeerStream {
-    fn new(inner: UnixStream) -> io::Result<Self> {
-        let cred = inner.peer_cred()?;
-        let groups = sys::peer_groups(&inner)?;
-        let peer = PeerInfo {
-            uid: cred.uid(),
-            gid: cred.gid(),
-            pid: cred.pid().and_then(|p| u32::try_from(p).ok()).unwrap_or(0),
-            groups,
-        };
-        Ok(Self { inner, peer })
-    }
-}
-
-impl Connected for PeerStream {
-    type ConnectInfo = PeerInfo;
-    fn connect_info(&self) -> PeerInfo {
-        self.peer.clone()
-    }
-}
-
-impl AsyncRead for PeerStream {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for PeerStream {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-}
 
 /// Binds the socket at `path`: removes a stale socket (one nobody listens
 /// on), refuses if another vault is listening, then sets group and mode.
@@ -131,19 +64,50 @@ pub async fn bind(path: &Path, gid: Option<u32>) -> Result<UnixListener, String>
 /// The socket the daemon serves on.
 #[derive(Clone, Debug)]
 pub enum Socket {
-    /// Bound by the daemon: removed when it stops.
-    Bound(PathBuf),
+    /// Bound by the daemon: removed when it stops, if the path still names
+    /// the socket it bound (device and inode), not a successor's.
+    Bound {
+        /// Its path.
+        path: PathBuf,
+        /// Device and inode of the file bound.
+        file: Option<(u64, u64)>,
+    },
     /// Passed by systemd (socket activation): systemd's to remove.
     Passed(PathBuf),
 }
 
 impl Socket {
+    /// The socket just bound at `path`.
+    pub fn bound(path: PathBuf) -> Self {
+        let file = file_id(&path);
+        Self::Bound { path, file }
+    }
+
     /// Its path.
     pub fn path(&self) -> &Path {
         match self {
-            Self::Bound(path) | Self::Passed(path) => path,
+            Self::Bound { path, .. } | Self::Passed(path) => path,
         }
     }
+
+    /// Removes a socket file this daemon bound, unless another vault has
+    /// since bound its own at the same path (which a restart does while an
+    /// old vault is still finishing).
+    pub fn remove_if_ours(&self) {
+        if let Self::Bound { path, file } = self
+            && file.is_some()
+            && file_id(path) == *file
+        {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
 }
 
 /// Takes a listening socket systemd passed: it must be a listening Unix
@@ -175,25 +139,29 @@ pub fn adopt(fd: std::os::fd::OwnedFd) -> Result<(UnixListener, PathBuf), String
     Ok((listener, path))
 }
 
-/// Serves both services on `listener` until `shutdown` completes; removes a
-/// socket file it bound afterwards.
+/// How often the vault pings an HTTP/2 peer, and how long it waits for
+/// the answer before closing the connection: a peer that stopped reading
+/// (or never reads) does not hold a connection for long.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Serves both services on `listener` until `shutdown` completes, under the
+/// connection `limits` and the per-uid request limits.
 pub async fn serve(
     listener: UnixListener,
-    socket: Socket,
     shared: Arc<Shared>,
+    limits: conn::Limits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
-    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener).filter_map(|conn| {
-        match conn.and_then(PeerStream::new) {
-            Ok(stream) => Some(Ok::<_, io::Error>(stream)),
-            Err(err) => {
-                // Without kernel credentials a connection cannot be
-                // authorised: drop it.
-                tracing::warn!(error = %err, "dropping a connection without peer credentials");
-                None
-            }
-        }
+    let admin_check = shared.clone();
+    let is_admin: IsAdmin = Arc::new(move |peer| {
+        admin_check
+            .authz
+            .caller(peer)
+            .is_ok_and(|caller| caller.is_admin())
     });
+    let gate = Arc::new(conn::Gate::new(limits, is_admin.clone()));
+    let incoming = conn::incoming(listener, gate);
     let admin = AdminServer::new(AdminService(shared.clone()))
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);
@@ -205,13 +173,37 @@ pub async fn serve(
         .max_encoding_message_size(MAX_MESSAGE_SIZE);
     let result = tonic::transport::Server::builder()
         .concurrency_limit_per_connection(256)
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .layer(InFlightLayer::new(USER_IN_FLIGHT, is_admin))
         .add_service(admin)
         .add_service(auth)
         .add_service(vault)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
-    if let Socket::Bound(path) = &socket {
-        let _ = std::fs::remove_file(path);
-    }
     result.map_err(|e| format!("the gRPC server failed: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stopping_vault_removes_only_the_socket_it_bound() {
+        let Ok(dir) = tempfile::tempdir() else {
+            panic!("no temporary directory")
+        };
+        let path = dir.path().join("vault.sock");
+        let first = std::os::unix::net::UnixListener::bind(&path).ok();
+        let old = Socket::bound(path.clone());
+        // A successor took the path while the old vault was stopping.
+        std::fs::remove_file(&path).ok();
+        let second = std::os::unix::net::UnixListener::bind(&path).ok();
+        let new = Socket::bound(path.clone());
+        old.remove_if_ours();
+        assert!(path.exists(), "the successor's socket was removed");
+        new.remove_if_ours();
+        assert!(!path.exists());
+        drop((first, second));
+    }
 }

@@ -253,12 +253,16 @@ impl VaultLink {
             Ok(r) => r.into_inner(),
             Err(status) => return Err(self.map_status(status).await),
         };
+        // The first answer of a new feed always re-reads the configuration:
+        // the feed may be a restarted vault's, whose generation numbers
+        // need not follow the old one's.
+        let mut fresh = true;
         while let Some(item) = stream.next().await {
             let generation = match item {
                 Ok(g) => g.generation,
                 Err(status) => return Err(self.map_status(status).await),
             };
-            if generation != self.routing().generation {
+            if std::mem::take(&mut fresh) || generation != self.routing().generation {
                 self.load().await?;
                 tracing::info!(generation, "routing configuration updated");
             }

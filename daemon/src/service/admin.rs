@@ -714,7 +714,12 @@ impl Admin for AdminService {
                 }
             }
         });
-        ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+        let stream = self.0.streams.open(
+            &caller,
+            "audit tail",
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )?;
+        ok(Box::pin(stream))
     }
 
     async fn rotate_identity(

@@ -61,6 +61,8 @@ pub struct Shared {
     pub flows: crate::oauth::flows::Flows,
     /// Runs peers' CPU-heavy work (parsing) off the runtime, per uid.
     pub work: crate::limits::WorkGate,
+    /// Long-lived streams: bounded per uid, ended at shutdown.
+    pub streams: crate::limits::Streams,
 }
 
 impl Shared {

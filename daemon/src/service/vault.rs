@@ -294,7 +294,7 @@ impl Vault for VaultService {
         &self,
         request: Request<pb::GetConfigRequest>,
     ) -> Reply<Self::WatchConfigStream> {
-        self.shared.authorize(&request, "Vault/WatchConfig").await?;
+        let caller = self.shared.authorize(&request, "Vault/WatchConfig").await?;
         // A new configuration, or a scope authorized, revoked or in need
         // of re-authorization: either changes what a proxy may call.
         let configs =
@@ -308,6 +308,10 @@ impl Vault for VaultService {
                 generation: snap.generation + shared.tokens.grants_epoch(),
             })
         });
+        let stream = self
+            .shared
+            .streams
+            .open(&caller, "configuration watch", stream)?;
         Ok(Response::new(Box::pin(stream)))
     }
 

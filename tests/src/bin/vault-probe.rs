@@ -6,6 +6,7 @@
 //! vault-probe --socket PATH credential SCOPE SERVER TRANSPORT [--tool T] [--rule R]
 //!     [--concurrent N]
 //! vault-probe --socket PATH config
+//! vault-probe --socket PATH watch N
 //! vault-probe --socket PATH complete-authorization STATE CODE [--iss ISS]
 //! vault-probe --socket PATH submit-audit --tool T --status S [--params JSON]
 //!     [--claim-uid N] [--claim-pid N] [--claim-kind K]
@@ -17,6 +18,10 @@
 //! request prints: the credential, or the refusal (`code`, `message`,
 //! `vault_code`, `fix`, `pid`). It exits 0 once every request was answered,
 //! whatever the answers (the test reads them), 1 if a connection fails.
+//!
+//! `watch N` opens N configuration watches (WatchConfig streams) on one
+//! connection and prints `{"opened": K, "refusals": [...]}`, each refusal
+//! as a failed request prints it; the streams close when it exits.
 //!
 //! The `--claim-*` options put a uid, pid or kind in the submitted record,
 //! to check that the vault replaces them with what it knows of the peer.
@@ -52,6 +57,7 @@ enum Command {
     /// `credential --concurrent N`: N requests at once, one per connection.
     CredentialConcurrent(CredentialRequest, usize),
     Config,
+    Watch(usize),
     SubmitAudit(AuditRecord),
     CompleteAuthorization(CompleteAuthorizationRequest),
 }
@@ -124,6 +130,7 @@ fn parse(argv: Vec<String>) -> Result<(PathBuf, Command), Failure> {
             route_rule_id: rule,
         }),
         ["config"] => Command::Config,
+        ["watch", n] => Command::Watch(number(n)? as usize),
         ["submit-audit"] => Command::SubmitAudit(AuditRecord {
             tool,
             status: status.ok_or_else(|| usage("submit-audit needs --status S"))?,
@@ -139,7 +146,7 @@ fn parse(argv: Vec<String>) -> Result<(PathBuf, Command), Failure> {
         }
         _ => {
             return Err(usage(
-                "usage: vault-probe --socket PATH (credential SCOPE SERVER TRANSPORT [--tool T] [--rule R] | config | submit-audit --tool T --status S [--params JSON] | complete-authorization STATE CODE [--iss ISS])",
+                "usage: vault-probe --socket PATH (credential SCOPE SERVER TRANSPORT [--tool T] [--rule R] | config | watch N | submit-audit --tool T --status S [--params JSON] | complete-authorization STATE CODE [--iss ISS])",
             ));
         }
     };
@@ -199,6 +206,17 @@ async fn run(socket: PathBuf, command: Command) -> Result<Value, Failure> {
                 map.insert("pid".into(), json!(pid));
             }
             Ok(value)
+        }
+        Command::Watch(n) => {
+            let mut streams = Vec::new();
+            let mut refusals = Vec::new();
+            for _ in 0..n {
+                match vault.watch_config(GetConfigRequest {}).await {
+                    Ok(stream) => streams.push(stream.into_inner()),
+                    Err(status) => refusals.push(refusal_json(&status, pid)),
+                }
+            }
+            Ok(json!({"pid": pid, "opened": streams.len(), "refusals": refusals}))
         }
         Command::SubmitAudit(record) => {
             let response = vault
