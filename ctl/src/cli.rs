@@ -434,6 +434,10 @@ pub struct ServerCreate {
     /// never | on-failure | always.
     #[arg(long, value_name = "POLICY")]
     pub restart_policy: Option<String>,
+    /// stdio: the directory the server runs in (absolute, or ~/...)
+    /// [default: the proxy user's home; never the client's project].
+    #[arg(long, value_name = "DIR")]
+    pub working_dir: Option<String>,
 }
 
 /// `workspace ...`.

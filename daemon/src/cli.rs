@@ -61,4 +61,12 @@ pub struct Cli {
     /// preface) before it is closed.
     #[arg(long, value_name = "SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
     pub handshake_timeout_sec: u64,
+    /// Audit records a user's proxies may submit per second (bursts of ten
+    /// times as many); more are refused, and counted in one record a
+    /// minute.
+    #[arg(long, value_name = "N", default_value_t = crate::limits::AuditLimits::DEFAULT_RATE, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub audit_rate: u32,
+    /// MiB of audit records a user's proxies may submit per day.
+    #[arg(long, value_name = "MIB", default_value_t = crate::limits::AuditLimits::DEFAULT_DAILY_MIB, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub audit_daily_mib: u32,
 }

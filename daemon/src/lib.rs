@@ -371,6 +371,11 @@ pub async fn run(
         flows: crate::oauth::flows::Flows::default(),
         work: limits::WorkGate::for_this_machine(),
         streams: limits::Streams::new(limits::USER_STREAMS, stop_rx.clone()),
+        audit_quota: limits::AuditQuota::new(limits::AuditLimits {
+            rate: f64::from(cli.audit_rate),
+            burst: f64::from(cli.audit_rate) * 10.0,
+            daily_bytes: u64::from(cli.audit_daily_mib) * 1024 * 1024,
+        }),
     });
     tokio::spawn(prune_audit(store, retention_days));
     tracing::info!(

@@ -10,6 +10,9 @@
 //! * [`Streams`]: a user uid holds at most [`USER_STREAMS`] long-lived
 //!   streams (config watches, audit tails), and every stream ends when the
 //!   vault shuts down.
+//! * [`AuditQuota`]: the audit records a user's proxies submit are bounded
+//!   per uid in rate and in bytes per day; refusals are counted and
+//!   reported at most once a minute per uid, never stored one by one.
 //!
 //! The socket's connection caps live in `conn`.
 
@@ -340,9 +343,161 @@ impl<S: Stream> Stream for UntilStop<S> {
     }
 }
 
+/// The per-uid bounds of submitted audit records.
+#[derive(Clone, Copy, Debug)]
+pub struct AuditLimits {
+    /// Records per second, sustained.
+    pub rate: f64,
+    /// Records at once after a quiet spell.
+    pub burst: f64,
+    /// Bytes of records per day (a day begins with a uid's first record
+    /// after the last day ended).
+    pub daily_bytes: u64,
+}
+
+impl AuditLimits {
+    /// The default sustained rate: far above one agent's tool calls.
+    pub const DEFAULT_RATE: u32 = 50;
+    /// The default daily volume, in MiB.
+    pub const DEFAULT_DAILY_MIB: u32 = 128;
+}
+
+const DAY: Duration = Duration::from_secs(86_400);
+const REPORT_EVERY: Duration = Duration::from_secs(60);
+
+/// One uid's audit budget.
+struct AuditBudget {
+    tokens: f64,
+    refilled: std::time::Instant,
+    day_began: std::time::Instant,
+    day_bytes: u64,
+    /// Refusals not yet reported.
+    refused: u64,
+    reported: Option<std::time::Instant>,
+}
+
+/// A refused record: why, and whether to record a report now.
+#[derive(Debug, PartialEq)]
+pub struct AuditRefusal {
+    /// Names the limit.
+    pub message: String,
+    /// `Some(n)` when the refusals (n, this one included, since the last
+    /// report) should be recorded now.
+    pub report: Option<u64>,
+}
+
+/// Bounds submitted audit records per uid.
+pub struct AuditQuota {
+    limits: AuditLimits,
+    per_uid: Mutex<HashMap<u32, AuditBudget>>,
+}
+
+impl AuditQuota {
+    /// A quota with `limits`.
+    pub fn new(limits: AuditLimits) -> Self {
+        Self {
+            limits,
+            per_uid: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Takes one record of `bytes` for `uid` at `now`.
+    pub fn take(&self, uid: u32, bytes: u64, now: std::time::Instant) -> Result<(), AuditRefusal> {
+        let l = self.limits;
+        let mut map = self.per_uid.lock().unwrap_or_else(|e| e.into_inner());
+        let b = map.entry(uid).or_insert(AuditBudget {
+            tokens: l.burst,
+            refilled: now,
+            day_began: now,
+            day_bytes: 0,
+            refused: 0,
+            reported: None,
+        });
+        let elapsed = now.saturating_duration_since(b.refilled).as_secs_f64();
+        b.tokens = (b.tokens + elapsed * l.rate).min(l.burst);
+        b.refilled = now;
+        if now.saturating_duration_since(b.day_began) >= DAY {
+            b.day_began = now;
+            b.day_bytes = 0;
+        }
+        let why = if b.tokens < 1.0 {
+            format!(
+                "uid {uid} is submitting audit records faster than {} a second (bursts of {}); this record was not stored",
+                l.rate, l.burst
+            )
+        } else if b.day_bytes.saturating_add(bytes) > l.daily_bytes {
+            format!(
+                "uid {uid} has submitted its {} MiB of audit records for the day; records are refused until {} s from now",
+                l.daily_bytes / (1024 * 1024),
+                DAY.saturating_sub(now.saturating_duration_since(b.day_began))
+                    .as_secs()
+            )
+        } else {
+            b.tokens -= 1.0;
+            b.day_bytes += bytes;
+            return Ok(());
+        };
+        b.refused += 1;
+        let report = if b
+            .reported
+            .is_none_or(|t| now.saturating_duration_since(t) >= REPORT_EVERY)
+        {
+            b.reported = Some(now);
+            Some(std::mem::take(&mut b.refused))
+        } else {
+            None
+        };
+        Err(AuditRefusal {
+            message: why,
+            report,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn audit_records_are_bounded_in_rate_and_bytes_per_uid() {
+        let quota = AuditQuota::new(AuditLimits {
+            rate: 10.0,
+            burst: 20.0,
+            daily_bytes: 1000,
+        });
+        let t0 = std::time::Instant::now();
+        for _ in 0..20 {
+            assert_eq!(quota.take(1, 10, t0), Ok(()));
+        }
+        let first = quota.take(1, 10, t0).err();
+        assert!(
+            first
+                .as_ref()
+                .is_some_and(|r| r.message.contains("faster than 10 a second"))
+        );
+        assert_eq!(first.map(|r| r.report), Some(Some(1)));
+        // Further refusals within the minute are counted, not reported.
+        assert_eq!(quota.take(1, 10, t0).err().map(|r| r.report), Some(None));
+        // Another uid is not affected.
+        assert_eq!(quota.take(2, 10, t0), Ok(()));
+        // A second later ten more are allowed.
+        let t1 = t0 + Duration::from_secs(1);
+        for _ in 0..10 {
+            assert_eq!(quota.take(1, 10, t1), Ok(()));
+        }
+        assert!(quota.take(1, 10, t1).is_err());
+        // The daily bytes: 300 taken so far; 700 more fit, then no more.
+        let t2 = t1 + Duration::from_secs(120);
+        assert_eq!(quota.take(1, 700, t2), Ok(()));
+        let over = quota.take(1, 1, t2).err();
+        assert!(
+            over.as_ref()
+                .is_some_and(|r| r.message.contains("for the day"))
+        );
+        // Reported: the two held-back refusals and this one.
+        assert_eq!(over.map(|r| r.report), Some(Some(3)));
+        assert_eq!(quota.take(1, 1, t2 + DAY), Ok(()));
+    }
 
     #[tokio::test]
     async fn one_job_per_uid_and_a_deadline() {

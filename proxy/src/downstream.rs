@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -147,6 +148,35 @@ impl std::fmt::Debug for Downstream {
     }
 }
 
+/// The directory a stdio server runs in: its `working_dir` (`~` expanded
+/// to the proxy user's home), or that home, or `/` when there is none.
+pub fn working_dir(server: &pb::DownstreamServer) -> Result<PathBuf, String> {
+    let home = || {
+        std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .filter(|h| h.is_absolute())
+    };
+    let dir = match server.working_dir.as_str() {
+        "" => {
+            return Ok(home()
+                .filter(|h| h.is_dir())
+                .unwrap_or_else(|| PathBuf::from("/")));
+        }
+        "~" => home().ok_or("working_dir is ~ but HOME is not set")?,
+        rel if rel.starts_with("~/") => home()
+            .ok_or("working_dir is under ~ but HOME is not set")?
+            .join(&rel[2..]),
+        abs => PathBuf::from(abs),
+    };
+    if !dir.is_dir() {
+        return Err(format!(
+            "its working_dir {} is not a directory",
+            dir.display()
+        ));
+    }
+    Ok(dir)
+}
+
 impl Downstream {
     /// Spawns and initialises the server with `credential` injected.
     pub async fn start(
@@ -161,6 +191,11 @@ impl Downstream {
         };
         let mut cmd = tokio::process::Command::new(&server.command);
         cmd.args(&server.args).env_clear();
+        // Never the client's working directory: that is the project the
+        // agent works on, and a program such as npx would run that
+        // project's own copy of the server (its node_modules), handing it
+        // the credential.
+        cmd.current_dir(working_dir(server).map_err(start_err)?);
         for name in ENV_ALLOWLIST {
             if let Some(value) = std::env::var_os(name) {
                 cmd.env(name, value);

@@ -32,7 +32,27 @@ pub async fn run(ctx: &mut Ctx, args: AuditArgs) -> Result<(), Failure> {
         ctx.note("the vault closed the audit stream");
         return Ok(());
     }
-    let records = admin.query_audit(query).await?.into_inner().records;
+    // The vault answers with what fits in one message, newest first;
+    // older pages are asked for until the limit is reached.
+    let wanted = match query.limit {
+        0 => 100,
+        n => n.min(10_000),
+    } as usize;
+    let mut records: Vec<AuditRecord> = Vec::new();
+    let mut page = query;
+    loop {
+        let answer = admin.query_audit(page.clone()).await?.into_inner();
+        let (Some(first), true) = (answer.records.first().map(|r| r.id), answer.truncated) else {
+            records.splice(0..0, answer.records);
+            break;
+        };
+        records.splice(0..0, answer.records);
+        if records.len() >= wanted {
+            break;
+        }
+        page.before_id = first;
+        page.limit = u32::try_from(wanted - records.len()).unwrap_or(u32::MAX);
+    }
     if ctx.json {
         return output::json(&records);
     }
@@ -49,6 +69,7 @@ fn query(args: AuditArgs, now_ms: i64) -> AuditQuery {
         status: args.status.unwrap_or_default(),
         kind: args.kind.unwrap_or_default(),
         after_id: 0,
+        before_id: 0,
         uid: args.uid,
     }
 }

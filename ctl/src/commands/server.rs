@@ -75,6 +75,7 @@ fn new_server(args: ServerCreate) -> Result<DownstreamServer, Failure> {
         idle_timeout_sec: args.idle_timeout.unwrap_or_default(),
         call_timeout_sec: args.call_timeout.unwrap_or_default(),
         restart_policy: args.restart_policy.unwrap_or_default(),
+        working_dir: args.working_dir.unwrap_or_default(),
         ..DownstreamServer::default()
     })
 }
@@ -126,6 +127,7 @@ fn fields(s: &DownstreamServer) -> Fields {
         .add("command", &s.command)
         .add("args", output::list(&s.args))
         .add("env", output::pairs(&s.env))
+        .add("working_dir", &s.working_dir)
         .add("url", &s.url)
         .add("tool_namespace", &s.tool_namespace)
         .add("idle_timeout_sec", output::nonzero(s.idle_timeout_sec))

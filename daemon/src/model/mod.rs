@@ -388,6 +388,10 @@ pub struct ServerSpec {
     /// stdio: non-secret environment.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+    /// stdio: the directory it runs in (absolute, or `~/…` in the proxy
+    /// user's home); empty = that home, never the client's directory.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub working_dir: String,
     /// http: the endpoint.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub url: String,

@@ -114,6 +114,7 @@ impl ServerSpec {
             command: p.command,
             args: p.args,
             env: p.env.into_iter().collect(),
+            working_dir: p.working_dir,
             url: p.url,
             tool_namespace: p.tool_namespace,
             idle_timeout_sec: p.idle_timeout_sec,
@@ -244,6 +245,7 @@ pub fn server_to_proto(obj: &Obj<ServerSpec>) -> pb::DownstreamServer {
         restart_policy: enum_str(&s.restart_policy),
         source: obj.source.as_str().into(),
         owner: owner(&s.owner),
+        working_dir: s.working_dir.clone(),
     }
 }
 

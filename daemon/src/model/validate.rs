@@ -306,14 +306,21 @@ impl Normalize for ServerSpec {
                 if let Some(bad) = self.env.keys().find(|k| !is_env_name(k)) {
                     return Err(format!("env key {bad:?} is not a valid variable name"));
                 }
+                check_path("working_dir", &self.working_dir, true)?;
             }
             Transport::Http => {
                 if self.url.is_empty() {
                     return Err("an http server needs a url".into());
                 }
                 check_endpoint("url", &self.url)?;
-                if !self.command.is_empty() || !self.args.is_empty() || !self.env.is_empty() {
-                    return Err("command, args and env apply to stdio servers only".into());
+                if !self.command.is_empty()
+                    || !self.args.is_empty()
+                    || !self.env.is_empty()
+                    || !self.working_dir.is_empty()
+                {
+                    return Err(
+                        "command, args, env and working_dir apply to stdio servers only".into(),
+                    );
                 }
             }
         }
@@ -342,19 +349,27 @@ impl Normalize for ServerSpec {
     }
 }
 
+/// A path field: absolute or `~`/`~/…`, without `..` or NUL; empty only
+/// where `empty_ok`.
+fn check_path(field: &str, path: &str, empty_ok: bool) -> Result<(), String> {
+    if empty_ok && path.is_empty() {
+        return Ok(());
+    }
+    let shaped = path.starts_with('/') || path == "~" || path.starts_with("~/");
+    if !shaped || path.split('/').any(|c| c == "..") || path.contains('\0') {
+        return Err(format!(
+            "{field} {path:?} must be an absolute path (or ~/...) without '..'"
+        ));
+    }
+    Ok(())
+}
+
 impl Normalize for WorkspaceSpec {
     const KIND: Kind = Kind::Workspace;
     fn normalize(&mut self, default_owner: Option<u32>) -> Result<(), String> {
         fill_id(&mut self.id, &self.name)?;
         resolve_owner(&mut self.owner, default_owner)?;
-        let root = &self.root_path;
-        let shaped = root.starts_with('/') || root == "~" || root.starts_with("~/");
-        if !shaped || root.split('/').any(|c| c == "..") || root.contains('\0') {
-            return Err(format!(
-                "root_path {root:?} must be an absolute path (or ~/...) without '..'"
-            ));
-        }
-        Ok(())
+        check_path("root_path", &self.root_path, false)
     }
     fn id(&self) -> &str {
         &self.id

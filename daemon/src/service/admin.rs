@@ -651,9 +651,8 @@ impl Admin for AdminService {
         let caller = self.0.authorize(&request, "Admin/QueryAudit").await?;
         let filter = audit_filter(&caller, request.into_inner());
         self.0.journal.flush().await?;
-        ok(pb::AuditQueryResponse {
-            records: self.0.store.query_audit(filter).await?,
-        })
+        let (records, truncated) = fit_answer(self.0.store.query_audit(filter).await?);
+        ok(pb::AuditQueryResponse { records, truncated })
     }
 
     type FollowAuditStream =
@@ -801,12 +800,36 @@ fn for_each_owner_check(caller: &Caller, doc: &Document) -> Result<()> {
 }
 
 /// A query's filter; users only ever see their own records.
+/// What one audit answer may hold: the message limit, less room for
+/// framing and the answer's own fields.
+const AUDIT_ANSWER_BUDGET: usize = mcplexer_proto::MAX_MESSAGE_SIZE - 64 * 1024;
+
+/// Keeps the newest of `records` (oldest first) that fit in one answer;
+/// `true` when older ones were left out.
+fn fit_answer(mut records: Vec<pb::AuditRecord>) -> (Vec<pb::AuditRecord>, bool) {
+    let mut used = 0;
+    let mut keep = 0;
+    for record in records.iter().rev() {
+        // The record, its tag and its length prefix.
+        let size = prost::Message::encoded_len(record) + 8;
+        if used + size > AUDIT_ANSWER_BUDGET {
+            break;
+        }
+        used += size;
+        keep += 1;
+    }
+    let truncated = keep < records.len();
+    records.drain(..records.len() - keep);
+    (records, truncated)
+}
+
 fn audit_filter(caller: &Caller, q: pb::AuditQuery) -> AuditFilter {
     let non_empty = |s: String| (!s.is_empty()).then_some(s);
     AuditFilter {
         tool: non_empty(q.tool),
         since_ms: (q.since_ms > 0).then_some(q.since_ms),
         after_id: (q.after_id > 0).then_some(q.after_id),
+        before_id: (q.before_id > 0).then_some(q.before_id),
         scope_id: non_empty(q.auth_scope_id),
         status: non_empty(q.status),
         kind: non_empty(q.kind),

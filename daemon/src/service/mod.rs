@@ -63,6 +63,8 @@ pub struct Shared {
     pub work: crate::limits::WorkGate,
     /// Long-lived streams: bounded per uid, ended at shutdown.
     pub streams: crate::limits::Streams,
+    /// Submitted audit records: bounded per uid.
+    pub audit_quota: crate::limits::AuditQuota,
 }
 
 impl Shared {

@@ -358,8 +358,10 @@ impl Vault for VaultService {
             ))
             .into());
         }
+        // Audit holds redacted excerpts, not payloads: 16 KiB of params,
+        // error and response each keeps a record under 50 KiB.
         const FIELD: usize = 256;
-        const BODY: usize = 256 * 1024;
+        const BODY: usize = 16 * 1024;
         let record = pb::AuditRecord {
             id: 0,
             time_ms: now_ms(),
@@ -378,6 +380,22 @@ impl Vault for VaultService {
             response: cap(r.response, BODY),
             action: String::new(),
         };
+        if !caller.is_admin() {
+            let bytes = prost::Message::encoded_len(&record) as u64;
+            if let Err(refusal) =
+                self.shared
+                    .audit_quota
+                    .take(caller.uid(), bytes, std::time::Instant::now())
+            {
+                if let Some(refused) = refusal.report {
+                    let note = format!("{refused} audit records refused: {}", refusal.message);
+                    self.shared
+                        .audit_admin(&caller.peer, "Vault/SubmitAudit", "denied", &note)
+                        .await;
+                }
+                return Err(VaultError::limit(refusal.message).into());
+            }
+        }
         // Journalled like a release: durable against a crash of the vault
         // once appended, and ingested into the audit table in batches.
         let sequence = self.shared.journal.append(record)?;

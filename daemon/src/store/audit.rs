@@ -14,6 +14,8 @@ pub struct AuditFilter {
     pub since_ms: Option<i64>,
     /// Records with a larger id.
     pub after_id: Option<u64>,
+    /// Records with a smaller id.
+    pub before_id: Option<u64>,
     /// Records of this scope.
     pub scope_id: Option<String>,
     /// Records with this status.
@@ -32,6 +34,7 @@ impl AuditFilter {
         self.tool.as_ref().is_none_or(|g| glob_match(g, &r.tool))
             && self.since_ms.is_none_or(|t| r.time_ms >= t)
             && self.after_id.is_none_or(|id| r.id > id)
+            && self.before_id.is_none_or(|id| r.id < id)
             && self.scope_id.as_ref().is_none_or(|s| *s == r.auth_scope_id)
             && self.status.as_ref().is_none_or(|s| *s == r.status)
             && self.kind.as_ref().is_none_or(|k| *k == r.kind)
@@ -128,6 +131,9 @@ pub(super) fn query(conn: &Connection, f: &AuditFilter) -> Result<Vec<pb::AuditR
     }
     if let Some(id) = f.after_id {
         add("id >", Value::Integer(id as i64));
+    }
+    if let Some(id) = f.before_id {
+        add("id <", Value::Integer(id as i64));
     }
     if let Some(s) = &f.scope_id {
         add("scope_id =", Value::Text(s.clone()));

@@ -9,7 +9,7 @@
 //! vault-probe --socket PATH watch N
 //! vault-probe --socket PATH complete-authorization STATE CODE [--iss ISS]
 //! vault-probe --socket PATH submit-audit --tool T --status S [--params JSON]
-//!     [--claim-uid N] [--claim-pid N] [--claim-kind K]
+//!     [--claim-uid N] [--claim-pid N] [--claim-kind K] [--repeat N]
 //! ```
 //!
 //! `credential --concurrent N` opens N connections, then sends the same
@@ -18,6 +18,11 @@
 //! request prints: the credential, or the refusal (`code`, `message`,
 //! `vault_code`, `fix`, `pid`). It exits 0 once every request was answered,
 //! whatever the answers (the test reads them), 1 if a connection fails.
+//!
+//! `submit-audit --repeat N` submits the record N times, one after the
+//! other on one connection, and prints `{"accepted": A, "refused": R,
+//! "refusal": ...}` with the last refusal (or null); it exits 0 whatever
+//! the answers.
 //!
 //! `watch N` opens N configuration watches (WatchConfig streams) on one
 //! connection and prints `{"opened": K, "refusals": [...]}`, each refusal
@@ -59,6 +64,7 @@ enum Command {
     Config,
     Watch(usize),
     SubmitAudit(AuditRecord),
+    SubmitAuditRepeated(AuditRecord, usize),
     CompleteAuthorization(CompleteAuthorizationRequest),
 }
 
@@ -95,6 +101,7 @@ fn parse(argv: Vec<String>) -> Result<(PathBuf, Command), Failure> {
     let mut claim = AuditRecord::default();
     let mut iss = String::new();
     let mut concurrent = None;
+    let mut repeat = None;
     let mut args = argv.into_iter();
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -102,6 +109,7 @@ fn parse(argv: Vec<String>) -> Result<(PathBuf, Command), Failure> {
                 0 => return Err(usage("--concurrent wants at least 1")),
                 n => concurrent = Some(n as usize),
             },
+            "--repeat" => repeat = Some(number(&value(&mut args, "--repeat")?)? as usize),
             "--socket" => socket = Some(PathBuf::from(value(&mut args, "--socket")?)),
             "--tool" => tool = value(&mut args, "--tool")?,
             "--rule" => rule = value(&mut args, "--rule")?,
@@ -149,6 +157,11 @@ fn parse(argv: Vec<String>) -> Result<(PathBuf, Command), Failure> {
                 "usage: vault-probe --socket PATH (credential SCOPE SERVER TRANSPORT [--tool T] [--rule R] | config | watch N | submit-audit --tool T --status S [--params JSON] | complete-authorization STATE CODE [--iss ISS])",
             ));
         }
+    };
+    let command = match (command, repeat) {
+        (command, None) => command,
+        (Command::SubmitAudit(record), Some(n)) => Command::SubmitAuditRepeated(record, n),
+        (_, Some(_)) => return Err(usage("--repeat applies to submit-audit only")),
     };
     let command = match (command, concurrent) {
         (command, None) => command,
@@ -217,6 +230,19 @@ async fn run(socket: PathBuf, command: Command) -> Result<Value, Failure> {
                 }
             }
             Ok(json!({"pid": pid, "opened": streams.len(), "refusals": refusals}))
+        }
+        Command::SubmitAuditRepeated(record, n) => {
+            let (mut accepted, mut refused, mut refusal) = (0, 0, Value::Null);
+            for _ in 0..n {
+                match vault.submit_audit(record.clone()).await {
+                    Ok(_) => accepted += 1,
+                    Err(status) => {
+                        refused += 1;
+                        refusal = refusal_json(&status, pid);
+                    }
+                }
+            }
+            Ok(json!({"pid": pid, "accepted": accepted, "refused": refused, "refusal": refusal}))
         }
         Command::SubmitAudit(record) => {
             let response = vault

@@ -297,3 +297,197 @@ async fn a_stop_ends_open_streams_and_the_vault_exits() {
     drop(client);
     drop(stopper.join());
 }
+
+#[test]
+fn an_audit_flood_is_refused_counted_once_and_others_are_served() {
+    let vault = vault_with(&["--audit-rate", "5", "--audit-daily-mib", "1"]);
+    let big = format!("{{\"blob\": \"{}\"}}", "x".repeat(100_000));
+    let flood = |user| {
+        probe(
+            &vault,
+            user,
+            &[
+                "submit-audit",
+                "--tool",
+                "t__flood",
+                "--status",
+                "success",
+                "--params",
+                &big,
+                "--repeat",
+                "200",
+            ],
+        )
+    };
+    let first = flood(Some(MALLORY));
+    let (accepted, refused) = (
+        first.json["accepted"].as_u64().unwrap(),
+        first.json["refused"].as_u64().unwrap(),
+    );
+    // A burst of fifty, and what the rate refilled meanwhile.
+    assert!((50..120).contains(&accepted), "{first:#?}");
+    assert_eq!(accepted + refused, 200);
+    assert_eq!(
+        first.json["refusal"]["vault_code"], "RESOURCE_EXHAUSTED",
+        "{first:#?}"
+    );
+    let message = first.json["refusal"]["message"].as_str().unwrap();
+    // The rate, or (on a machine slow enough to refill past it) the day's
+    // megabyte.
+    assert!(
+        message.contains("faster than 5 a second") || message.contains("for the day"),
+        "{message}"
+    );
+    // Stored records were cut to 16 KiB of params; refusals are one
+    // admin record, not one each.
+    let records = vault.ctl(["--json", "audit", "--limit", "1000"]).json();
+    let records = records.as_array().unwrap();
+    let stored: Vec<_> = records.iter().filter(|r| r["tool"] == "t__flood").collect();
+    assert_eq!(stored.len() as u64, accepted);
+    assert!(
+        stored
+            .iter()
+            .all(|r| r["params"].as_str().unwrap().len() < 17 * 1024)
+    );
+    let reports: Vec<_> = records
+        .iter()
+        .filter(|r| r["action"] == "Vault/SubmitAudit" && r["uid"] == MALLORY.0)
+        .collect();
+    assert_eq!(reports.len(), 1, "{reports:#?}");
+    assert!(
+        reports[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("audit records refused")
+    );
+    // BOB's records and releases go on.
+    assert_bob_served(&vault);
+    let bob = probe(
+        &vault,
+        Some(BOB),
+        &["submit-audit", "--tool", "t__bob", "--status", "success"],
+    );
+    assert_eq!(bob.code, 0, "{bob:#?}");
+}
+
+#[test]
+fn audit_answers_are_paged_to_fit_the_message_limit() {
+    let vault = vault();
+    let big = format!("{{\"blob\": \"{}\"}}", "y".repeat(100_000));
+    // Root's records are not rate-bounded; 400 of 16 KiB do not fit in one
+    // 4 MiB answer.
+    let root = probe(
+        &vault,
+        None,
+        &[
+            "submit-audit",
+            "--tool",
+            "t__big",
+            "--status",
+            "success",
+            "--params",
+            &big,
+            "--repeat",
+            "400",
+        ],
+    );
+    assert_eq!(root.json["accepted"], 400, "{root:#?}");
+    let records = vault
+        .ctl(["--json", "audit", "--tool", "t__big", "--limit", "400"])
+        .json();
+    let ids: Vec<u64> = records
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 400);
+    assert!(
+        ids.windows(2).all(|w| w[0] < w[1]),
+        "not oldest first, or repeated"
+    );
+}
+
+/// A stdio server, and a route to all its tools, started through a
+/// wrapper that writes the directory it runs in to `seen`; as JSON (which
+/// is YAML) for one `apply`.
+fn cwd_recording_server(
+    vault: &Vault,
+    id: &str,
+    working_dir: Option<&str>,
+    seen: &std::path::Path,
+) -> (Value, Value) {
+    use std::os::unix::fs::PermissionsExt;
+    let (program, args) = mcplexer_tests::peers::server_everything();
+    let wrapper = vault.write_file(
+        &format!("{id}.sh"),
+        &format!("#!/bin/sh\npwd > '{}'\nexec \"$@\"\n", seen.display()),
+    );
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut all = vec![program.display().to_string()];
+    all.extend(args);
+    let server = serde_json::json!({
+        "id": id, "name": id, "transport": "stdio",
+        "command": wrapper.display().to_string(), "args": all,
+        "working_dir": working_dir.unwrap_or(""),
+    });
+    let route = serde_json::json!({
+        "name": format!("{id}-all"),
+        "tool_match": [format!("{id}__*")],
+        "downstream_server_id": id,
+    });
+    (server, route)
+}
+
+#[test]
+fn stdio_servers_never_run_in_the_clients_directory() {
+    let vault = vault();
+    let project = vault.root.path().join("cloned-repo");
+    std::fs::create_dir(&project).unwrap();
+    let fixed = vault.root.path().join("fixed");
+    std::fs::create_dir(&fixed).unwrap();
+    let (home_seen, fixed_seen) = (
+        vault.root.path().join("home.seen"),
+        vault.root.path().join("fixed.seen"),
+    );
+    let plain = cwd_recording_server(&vault, "plain", None, &home_seen);
+    let fixed_dir = fixed.display().to_string();
+    let pinned = cwd_recording_server(&vault, "pinned", Some(&fixed_dir), &fixed_seen);
+    let doc = serde_json::json!({
+        "downstream_servers": [plain.0, pinned.0],
+        "route_rules": [plain.1, pinned.1],
+    });
+    vault
+        .ctl_input(["apply", "-f", "-"], doc.to_string().as_bytes())
+        .ok();
+    let results = crate::proxy::through_proxy_in(
+        &vault.socket,
+        None,
+        &project,
+        serde_json::json!([{"op": "list_tools"}]),
+    );
+    let tools = results[0]["tools"].as_array().unwrap();
+    assert!(
+        tools.contains(&serde_json::json!("plain__echo")),
+        "{tools:?}"
+    );
+    assert!(
+        tools.contains(&serde_json::json!("pinned__echo")),
+        "{tools:?}"
+    );
+    // The proxy's HOME is "/" in these tests.
+    assert_eq!(std::fs::read_to_string(&home_seen).unwrap().trim(), "/");
+    assert_eq!(
+        std::fs::read_to_string(&fixed_seen).unwrap().trim(),
+        fixed.display().to_string()
+    );
+    // A relative working_dir, or one on an http server, is refused.
+    let bad = "downstream_servers:\n  - {id: rel, name: rel, transport: stdio, command: /bin/true, working_dir: repo}\n";
+    let run = vault.ctl_input(["apply", "-f", "-"], bad.as_bytes());
+    assert_eq!(run.code, 4, "{run:#?}");
+    assert!(
+        run.stderr
+            .contains("working_dir \"repo\" must be an absolute path"),
+        "{run:#?}"
+    );
+}
