@@ -493,6 +493,13 @@ pub enum RouteCommand {
         /// The rule's id.
         id: String,
     },
+    /// Accept the rule's server as it is now: a route of yours that sends
+    /// your scope to a server an admin runs is suspended when that server
+    /// changes, until you confirm (see `route show`).
+    Confirm {
+        /// The rule's id.
+        id: String,
+    },
 }
 
 /// `route create ...`.

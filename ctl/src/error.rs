@@ -176,9 +176,14 @@ impl Failure {
                     let _ = writeln!(out, "code: {} ({:?})", code.unwrap_or("-"), status.code());
                 }
                 // A status the vault did not write: the connection failed
-                // (tonic says Unavailable, or Unknown "transport error"
-                // when the connection ended before an answer).
-                if code.is_none() && matches!(status.code(), Code::Unavailable | Code::Unknown) {
+                // (tonic says Unavailable, Unknown "transport error" or
+                // Cancelled when the connection ended before an answer).
+                if code.is_none()
+                    && matches!(
+                        status.code(),
+                        Code::Unavailable | Code::Unknown | Code::Cancelled
+                    )
+                {
                     let path = socket
                         .as_deref()
                         .map_or_else(String::new, |p| format!(" at {}", p.display()));

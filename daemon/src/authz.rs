@@ -117,6 +117,7 @@ const RPC_TABLE: &[(&str, Access)] = &[
     ("Admin/GetRoute", Access::Any),
     ("Admin/CreateRoute", Access::Any),
     ("Admin/DeleteRoute", Access::Any),
+    ("Admin/ConfirmRoute", Access::Any),
     ("Admin/QueryAudit", Access::Any),
     ("Admin/FollowAudit", Access::Any),
     ("Admin/RotateIdentity", Access::Admin),
@@ -141,8 +142,17 @@ struct ScopeAccess {
     groups: HashSet<u32>,
 }
 
-/// Resolved grants of every scope, by scope id.
-type AccessIndex = Arc<HashMap<String, ScopeAccess>>;
+/// What one configuration generation resolves once: every scope's grants,
+/// whether each owner is system-wide, every route's tool globs. User and
+/// group lookups (NSS) are too slow for every release.
+#[derive(Default)]
+struct Index {
+    scopes: HashMap<String, ScopeAccess>,
+    system: HashMap<Option<u32>, bool>,
+    tools: HashMap<String, globset::GlobSet>,
+}
+
+type AccessIndex = Arc<Index>;
 
 /// Turns peers into callers and answers access questions.
 pub struct Authorizer {
@@ -219,13 +229,35 @@ impl Authorizer {
         {
             return index.clone();
         }
-        let index: HashMap<String, ScopeAccess> = snap
-            .config
+        let config = &snap.config;
+        let scopes = config
             .scopes
             .values()
             .map(|s| (s.spec.id.clone(), resolve_access(&s.spec)))
             .collect();
-        let index = Arc::new(index);
+        let owners = config
+            .scopes
+            .values()
+            .map(|o| o.spec.owner.as_ref())
+            .chain(config.servers.values().map(|o| o.spec.owner.as_ref()))
+            .chain(config.routes.values().map(|o| o.spec.owner.as_ref()))
+            .map(|o| o.and_then(OwnerSpec::uid));
+        let mut system = HashMap::new();
+        for owner in owners {
+            system
+                .entry(owner)
+                .or_insert_with(|| self.is_system_owner(owner));
+        }
+        let tools = config
+            .routes
+            .values()
+            .map(|r| (r.spec.id.clone(), tool_set(&r.spec.tool_match)))
+            .collect();
+        let index = Arc::new(Index {
+            scopes,
+            system,
+            tools,
+        });
         *cached = Some((snap.generation, index.clone()));
         index
     }
@@ -234,7 +266,7 @@ impl Authorizer {
     /// or a grantee. Being an admin is not enough.
     pub fn may_use_scope(&self, caller: &Caller, snap: &Snapshot, scope_id: &str) -> bool {
         let index = self.access_index(snap);
-        index.get(scope_id).is_some_and(|a| {
+        index.scopes.get(scope_id).is_some_and(|a| {
             a.owner == Some(caller.uid())
                 || a.users.contains(&caller.uid())
                 || a.groups.contains(&caller.peer.gid)
@@ -256,6 +288,208 @@ impl Authorizer {
             || owner
                 .zip(self.admin_gid)
                 .is_some_and(|(uid, gid)| sys::uid_in_group(uid, gid))
+    }
+
+    /// Whether objects of `owner` are system-wide, from the generation's
+    /// index where it knows the owner.
+    fn is_system(&self, snap: &Snapshot, owner: Option<&OwnerSpec>) -> bool {
+        let owner = owner.and_then(OwnerSpec::uid);
+        let index = self.access_index(snap);
+        index
+            .system
+            .get(&owner)
+            .copied()
+            .unwrap_or_else(|| self.is_system_owner(owner))
+    }
+
+    /// Whether `caller` may see and use an object owned by `owner`: an
+    /// admin always, a user its own and system-wide ones.
+    pub fn may_follow(&self, caller: &Caller, snap: &Snapshot, owner: Option<&OwnerSpec>) -> bool {
+        caller.is_admin()
+            || owner.and_then(OwnerSpec::uid) == Some(caller.uid())
+            || self.is_system(snap, owner)
+    }
+
+    /// DESIGN §2: a user's servers, workspaces and routes are the user's to
+    /// make. An admin may not create or change one owned by another user:
+    /// its route would send that user's scope to where the admin chose, and
+    /// its server would run what the admin chose with the user's values.
+    pub fn check_admin_owner(
+        &self,
+        caller: &Caller,
+        kind: Kind,
+        id: &str,
+        owner: Option<&OwnerSpec>,
+    ) -> Result<()> {
+        if !caller.is_admin() || !matches!(kind, Kind::Server | Kind::Workspace | Kind::Route) {
+            return Ok(());
+        }
+        let uid = owner.and_then(OwnerSpec::uid);
+        if uid == Some(caller.uid()) || self.is_system_owner(uid) {
+            return Ok(());
+        }
+        Err(VaultError::denied(format!(
+            "{} {id}: owner uid {} is a user; admins do not make or change a user's servers, workspaces or routes, so that a user's credential goes only where that user sent it. Leave out owner (the object is then system-wide), or let uid {} make it",
+            kind.name(),
+            uid.unwrap_or_default(),
+            uid.unwrap_or_default(),
+        )))
+    }
+
+    /// The checks of [`Self::check_admin_owner`] and
+    /// [`Self::check_route_scope`] on every object of an apply document.
+    pub fn check_document(&self, caller: &Caller, snap: &Snapshot, doc: &Document) -> Result<()> {
+        for s in &doc.downstream_servers {
+            self.check_admin_owner(caller, Kind::Server, &s.id, s.owner.as_ref())?;
+        }
+        for w in &doc.workspaces {
+            self.check_admin_owner(caller, Kind::Workspace, &w.id, w.owner.as_ref())?;
+        }
+        for r in &doc.route_rules {
+            self.check_admin_owner(caller, Kind::Route, &r.id, r.owner.as_ref())?;
+            self.check_route_scope(snap, Some(doc), r)?;
+        }
+        Ok(())
+    }
+
+    /// Refuses a system-wide route that carries a user's scope: a user's
+    /// scope is released only through a route of a user allowed to use it.
+    /// `doc` (the document being applied) is consulted for the scope
+    /// first.
+    pub fn check_route_scope(
+        &self,
+        snap: &Snapshot,
+        doc: Option<&Document>,
+        route: &crate::model::RouteSpec,
+    ) -> Result<()> {
+        if route.auth_scope_id.is_empty() || !self.is_system(snap, route.owner.as_ref()) {
+            return Ok(());
+        }
+        let in_doc = doc.and_then(|d| d.auth_scopes.iter().find(|s| s.id == route.auth_scope_id));
+        let owner = match in_doc {
+            Some(scope) => scope.owner.clone(),
+            None => match snap.config.scopes.get(&route.auth_scope_id) {
+                Some(scope) => scope.spec.owner.clone(),
+                None => return Ok(()),
+            },
+        };
+        if self.is_system(snap, owner.as_ref()) {
+            return Ok(());
+        }
+        Err(VaultError::denied(format!(
+            "route_rule {}: auth_scope {} belongs to uid {}, and a system-wide route cannot carry a user's scope (a user's credential goes only through routes of users allowed to use it). Let the scope's owner or a grantee make the route",
+            route.id,
+            route.auth_scope_id,
+            owner.as_ref().and_then(OwnerSpec::uid).unwrap_or_default(),
+        )))
+    }
+
+    /// Why `route` releases nothing now, if it does not: it sends a user's
+    /// scope to a system-wide server (which admins run) whose definition
+    /// changed since the route was made or last confirmed.
+    pub fn route_suspension(
+        &self,
+        snap: &Snapshot,
+        route: &crate::model::RouteSpec,
+    ) -> Option<String> {
+        let config = &snap.config;
+        let scope = config.scopes.get(&route.auth_scope_id)?;
+        let server = config.servers.get(&route.downstream_server_id)?;
+        if self.is_system(snap, scope.spec.owner.as_ref())
+            || !self.is_system(snap, server.spec.owner.as_ref())
+        {
+            return None;
+        }
+        let pin = crate::model::server_pin(&server.spec);
+        if config.pins.get(&route.id) == Some(&pin) {
+            return None;
+        }
+        Some(format!(
+            "route_rule {} is suspended: it sends auth_scope {} to downstream_server {}, which is run by an admin and changed after the route was made; nothing is released through it until its owner confirms the server as it is now (mcplexerctl route confirm {})",
+            route.id, route.auth_scope_id, route.downstream_server_id, route.id
+        ))
+    }
+
+    /// Checks, at release, the route the proxy names (DESIGN §2, §5): it
+    /// exists and the caller may follow it (its own or system-wide), it
+    /// allows calls, it carries this scope to this server, it matches the
+    /// tool (when one is named), a user's scope goes only through the
+    /// caller's own route, and the route is not suspended. Refusals name
+    /// the rule; a route the caller cannot see is "does not exist".
+    ///
+    /// mcplexer-proxy always names the rule a call (or a listing) follows.
+    /// A release that names none is not on a proxy's behalf: it goes to the
+    /// calling process itself, which runs as the scope's owner or a
+    /// grantee (checked before), so no route decides where it goes.
+    pub fn check_release_route(
+        &self,
+        caller: &Caller,
+        snap: &Snapshot,
+        req: &mcplexer_proto::v1::CredentialRequest,
+    ) -> Result<()> {
+        let rule = &req.route_rule_id;
+        if rule.is_empty() {
+            return Ok(());
+        }
+        let config = &snap.config;
+        let route = match config.routes.get(rule) {
+            Some(r)
+                if r.spec.owner.as_ref().and_then(OwnerSpec::uid) == Some(caller.uid())
+                    || self.is_system(snap, r.spec.owner.as_ref()) =>
+            {
+                &r.spec
+            }
+            _ => return Err(VaultError::not_found("route_rule", rule, "route")),
+        };
+        let mismatch = |what: String| {
+            VaultError::denied(format!(
+                "route_rule {rule} {what}; its credential is not released for this request"
+            ))
+        };
+        if route.policy != crate::model::Policy::Allow {
+            return Err(mismatch("denies calls".into()));
+        }
+        if route.auth_scope_id != req.auth_scope_id {
+            return Err(mismatch(format!(
+                "does not carry auth_scope {}",
+                req.auth_scope_id
+            )));
+        }
+        if route.downstream_server_id != req.downstream_server_id {
+            return Err(mismatch(format!(
+                "does not send to downstream_server {}",
+                req.downstream_server_id
+            )));
+        }
+        if !req.tool.is_empty() {
+            let index = self.access_index(snap);
+            if !index
+                .tools
+                .get(rule)
+                .is_some_and(|set| set.is_match(&req.tool))
+            {
+                return Err(mismatch(format!("does not match tool {:?}", req.tool)));
+            }
+        }
+        let scope_owner = config
+            .scopes
+            .get(&req.auth_scope_id)
+            .and_then(|s| s.spec.owner.as_ref());
+        if !self.is_system(snap, scope_owner)
+            && route.owner.as_ref().and_then(OwnerSpec::uid) != Some(caller.uid())
+        {
+            return Err(mismatch(format!(
+                "is system-wide, and auth_scope {} is a user's: it goes only through the routes of users allowed to use it",
+                req.auth_scope_id
+            )));
+        }
+        if let Some(why) = self.route_suspension(snap, route) {
+            return Err(VaultError::FailedPrecondition {
+                message: why,
+                fix: Some(format!("mcplexerctl route confirm {rule}")),
+            });
+        }
+        Ok(())
     }
 
     /// Whether a user may build on an object owned by `owner`: its own, or
@@ -426,6 +660,21 @@ fn in_document(doc: &Document, kind: Kind, id: &str) -> bool {
         Kind::Workspace => doc.workspaces.iter().any(|o| o.id == id),
         Kind::Route => doc.route_rules.iter().any(|o| o.id == id),
     }
+}
+
+/// A route's tool globs, matched as the proxy matches them.
+fn tool_set(globs: &[String]) -> globset::GlobSet {
+    let mut set = globset::GlobSetBuilder::new();
+    for glob in globs {
+        if let Ok(glob) = globset::GlobBuilder::new(glob)
+            .literal_separator(false)
+            .backslash_escape(true)
+            .build()
+        {
+            set.add(glob);
+        }
+    }
+    set.build().unwrap_or_else(|_| globset::GlobSet::empty())
 }
 
 fn resolve_access(scope: &ScopeSpec) -> ScopeAccess {

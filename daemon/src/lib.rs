@@ -180,7 +180,12 @@ fn prepare_state_dir(dir: &Path, uid: u32) -> Result<(), StartError> {
 }
 
 /// Applies the start-up document as the daemon itself.
-async fn apply_config(store: &Store, path: &Path, uid: u32) -> Result<(), StartError> {
+async fn apply_config(
+    store: &Store,
+    authz: &Authorizer,
+    path: &Path,
+    uid: u32,
+) -> Result<(), StartError> {
     let yaml = std::fs::read_to_string(path)
         .map_err(|e| StartError(format!("cannot read the config {}: {e}", path.display())))?;
     let mut doc: model::Document = model::yaml::from_str(&yaml, model::yaml::Limits::DOCUMENT)
@@ -202,6 +207,9 @@ async fn apply_config(store: &Store, path: &Path, uid: u32) -> Result<(), StartE
         },
         role: Role::Admin,
     };
+    authz
+        .check_document(&caller, &store.snapshot(), &doc)
+        .map_err(|e| StartError(format!("the config {} is not valid: {e}", path.display())))?;
     let changes = store
         .write(move |ctx| ops::apply(ctx, &caller, ops::Applier::ConfigFile, uid, &doc, false))
         .await
@@ -322,8 +330,26 @@ pub async fn run(
     } else if pending_path.exists() {
         let _ = std::fs::remove_file(&pending_path);
     }
+    let authz = Authorizer::new(
+        uid,
+        settings.user_mode,
+        settings.admin_gid,
+        settings.client_gid,
+    );
     if let Some(path) = &settings.config {
-        apply_config(&store, path, uid).await?;
+        apply_config(&store, &authz, path, uid).await?;
+    }
+    // Routes made before routes were pinned trust their servers as they
+    // are now, as the vault that made them did.
+    let pinned = store
+        .write(ops::pin_unpinned)
+        .await
+        .map_err(|e| StartError(format!("cannot pin the routes to their servers: {e}")))?;
+    if pinned > 0 {
+        tracing::info!(
+            routes = pinned,
+            "pinned routes to their servers as they are now"
+        );
     }
 
     let journal = store::AuditJournal::open(store.clone(), &settings.state_dir).await?;
@@ -352,12 +378,7 @@ pub async fn run(
     let shared = Arc::new(Shared {
         store: store.clone(),
         journal: journal.clone(),
-        authz: Authorizer::new(
-            uid,
-            settings.user_mode,
-            settings.admin_gid,
-            settings.client_gid,
-        ),
+        authz,
         info: DaemonInfo {
             mode: if settings.user_mode { "user" } else { "system" },
             state_dir: settings.state_dir.clone(),

@@ -138,7 +138,46 @@ pub fn create<T: Object>(ctx: &mut WriteCtx<'_>, spec: T) -> Result<T> {
     // stored as its scope was deleted, by a vault without that check) is
     // not the new one's.
     ctx.delete_material(kind, &id)?;
+    if kind == Kind::Route {
+        ctx.pin_route(&id)?;
+    }
     Ok(spec)
+}
+
+/// Pins every route that has a server but no pin yet (routes made before
+/// pins were kept) to its server as it is now; how many.
+pub fn pin_unpinned(ctx: &mut WriteCtx<'_>) -> Result<usize> {
+    let unpinned: Vec<String> = ctx
+        .config()
+        .routes
+        .iter()
+        .filter(|(id, r)| {
+            !r.spec.downstream_server_id.is_empty() && !ctx.config().pins.contains_key(*id)
+        })
+        .map(|(id, _)| id.clone())
+        .collect();
+    for id in &unpinned {
+        ctx.pin_route(id)?;
+    }
+    Ok(unpinned.len())
+}
+
+/// The owner of route `id` accepts its server as it is now (DESIGN §2: a
+/// route that sends a user's scope to a server someone else runs is
+/// suspended when that server changes, until its owner confirms). Only the
+/// route's owner may: an admin who changed the server must not be able to
+/// vouch for the change.
+pub fn confirm_route(ctx: &mut WriteCtx<'_>, caller: &Caller, id: &str) -> Result<()> {
+    let Some(route) = ctx.config().routes.get(id) else {
+        return Err(VaultError::not_found("route_rule", id, "route"));
+    };
+    if route.spec.owner.as_ref().and_then(OwnerSpec::uid) != Some(caller.uid()) {
+        return Err(VaultError::denied(format!(
+            "route_rule {id} is confirmed by its owner only; uid {} is not its owner",
+            caller.uid()
+        )));
+    }
+    ctx.pin_route(id)
 }
 
 /// Deletes an object the caller may manage and nothing refers to.
@@ -339,6 +378,11 @@ pub fn apply(
 ) -> Result<Vec<Change>> {
     let applier = applier.stored();
     let mut next = ctx.config().clone();
+    let servers_before: BTreeMap<String, String> = next
+        .routes
+        .iter()
+        .map(|(id, r)| (id.clone(), r.spec.downstream_server_id.clone()))
+        .collect();
     let mut changes = Vec::new();
     let mut problems = Vec::new();
     plan_kind::<ScopeSpec>(caller, applier, doc, &mut next, &mut changes, &mut problems);
@@ -365,6 +409,25 @@ pub fn apply(
     persist::<WorkspaceSpec>(ctx, &next, &changes)?;
     persist::<RouteSpec>(ctx, &next, &changes)?;
     *ctx.config_mut() = next;
+    // A route is pinned to its server when it is made or sent to another
+    // server; other updates keep its pin (and a suspension).
+    for change in changes.iter().filter(|c| c.kind == Kind::Route) {
+        match change.action {
+            "delete" => {
+                ctx.config_mut().pins.remove(&change.id);
+            }
+            _ => {
+                let server = ctx
+                    .config()
+                    .routes
+                    .get(&change.id)
+                    .map(|r| r.spec.downstream_server_id.clone());
+                if change.action == "create" || servers_before.get(&change.id) != server.as_ref() {
+                    ctx.pin_route(&change.id)?;
+                }
+            }
+        }
+    }
     Ok(changes)
 }
 

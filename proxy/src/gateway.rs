@@ -808,10 +808,15 @@ impl Gateway {
         })
     }
 
-    /// The scope a listing of `server`'s tools uses: that of the first allow
-    /// rule routing to it in the workspace chain; none if no rule could
-    /// route its tools (then it is not listed at all).
-    fn listing_scope(routing: &Routing, dir: &Path, server_id: &str) -> Option<Option<String>> {
+    /// The rule a listing of `server`'s tools goes by, and its scope: the
+    /// first allow rule routing to it in the workspace chain; none if no
+    /// rule could route its tools (then it is not listed at all). The vault
+    /// releases the scope for the listing through that rule.
+    fn listing_scope(
+        routing: &Routing,
+        dir: &Path,
+        server_id: &str,
+    ) -> Option<(Option<String>, String)> {
         for workspace in routing.table.workspaces(dir) {
             let mut rules: Vec<&pb::RouteRule> = routing
                 .routes
@@ -824,7 +829,8 @@ impl Gateway {
                 .collect();
             rules.sort_by(|a, b| b.priority.cmp(&a.priority).then_with(|| a.id.cmp(&b.id)));
             if let Some(rule) = rules.first() {
-                return Some(Some(rule.auth_scope_id.clone()).filter(|s| !s.is_empty()));
+                let scope = Some(rule.auth_scope_id.clone()).filter(|s| !s.is_empty());
+                return Some((scope, rule.id.clone()));
             }
         }
         None
@@ -836,10 +842,10 @@ impl Gateway {
         servers.sort_by(|a, b| a.tool_namespace.cmp(&b.tool_namespace));
         let mut exposed = Vec::new();
         for server in servers {
-            let Some(scope) = Self::listing_scope(&routing, dir, &server.id) else {
+            let Some((scope, rule)) = Self::listing_scope(&routing, dir, &server.id) else {
                 continue;
             };
-            let tools = match self.tools_of(server, scope).await {
+            let tools = match self.tools_of(server, scope, &rule).await {
                 Ok(tools) => tools,
                 Err(err) => {
                     // One broken downstream costs only its own tools.
@@ -878,19 +884,20 @@ impl Gateway {
         self: &Arc<Self>,
         server: &pb::DownstreamServer,
         scope: Option<String>,
+        rule: &str,
     ) -> Result<Vec<Value>, CallError> {
         if server.transport == "http" {
             let session = self.session(server, scope.clone()).await?;
             if let Some(tools) = session.tools.lock().await.clone() {
                 return Ok(tools);
             }
-            let credential = self.credential(server, scope, "", "").await?;
+            let credential = self.credential(server, scope, "", rule).await?;
             return session
                 .list_tools(credential.as_ref(), call_timeout(server))
                 .await
                 .map_err(|e| CallError::from(e).scrubbed(credential.as_ref()));
         }
-        let (child, credential) = self.child(server, scope, "", "").await?;
+        let (child, credential) = self.child(server, scope, "", rule).await?;
         if let Some(tools) = child.tools.lock().await.clone() {
             return Ok(tools);
         }

@@ -113,6 +113,23 @@ pub async fn route(ctx: &mut Ctx, cmd: RouteCommand) -> Result<(), Failure> {
                 .await?;
             deleted(ctx, "route", &id)
         }
+        RouteCommand::Confirm { id } => {
+            let r = ctx
+                .admin()
+                .await?
+                .confirm_route(GetRequest { id })
+                .await?
+                .into_inner();
+            if ctx.json {
+                return output::json(&r);
+            }
+            ctx.note(format_args!(
+                "confirmed route {}: it releases credentials to {} as that server is now",
+                output::clean(&r.id),
+                output::clean(&r.downstream_server_id)
+            ));
+            Ok(())
+        }
     }
 }
 
@@ -181,6 +198,7 @@ fn route_table(routes: &[RouteRule]) -> Table {
         "OWNER",
         "SOURCE",
         "MATCH",
+        "STATE",
     ]);
     for r in routes {
         t.row(vec![
@@ -194,6 +212,11 @@ fn route_table(routes: &[RouteRule]) -> Table {
             output::owner(r.owner),
             r.source.clone(),
             output::list(&r.tool_match),
+            if r.suspended.is_empty() {
+                "in force".into()
+            } else {
+                "suspended".into()
+            },
         ]);
     }
     t
@@ -212,6 +235,9 @@ fn route_fields(r: &RouteRule) -> Fields {
         .add("log_full", output::yes_no(r.log_full))
         .add("owner", output::owner(r.owner))
         .add("source", &r.source);
+    if !r.suspended.is_empty() {
+        f.add("suspended", &r.suspended);
+    }
     f
 }
 

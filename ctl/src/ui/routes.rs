@@ -122,7 +122,15 @@ async fn body(ui: &Ui, csrf: &str, previous: Option<&Form>) -> Result<String, Re
                     esc(server_transport)
                 ),
                 scope_cell,
-                esc(&r.policy),
+                if r.suspended.is_empty() {
+                    esc(&r.policy)
+                } else {
+                    format!(
+                        "{}<br><strong>suspended</strong>: <small>{}</small>",
+                        esc(&r.policy),
+                        esc(&r.suspended)
+                    )
+                },
                 html::source_note(&r.source),
                 actions,
             ]

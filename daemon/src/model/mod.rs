@@ -508,6 +508,25 @@ pub struct ConfigState {
     pub secrets: BTreeMap<String, SecretMeta>,
     /// Providers that have a stored client secret.
     pub provider_secrets: BTreeSet<String>,
+    /// Each route's pin: [`server_pin`] of its server when the route was
+    /// made or last confirmed.
+    pub pins: BTreeMap<String, String>,
+}
+
+/// A digest of what a server runs or where it sends requests (transport,
+/// command, args, env, working directory, URL): a route's pin.
+pub fn server_pin(server: &ServerSpec) -> String {
+    use sha2::Digest;
+    let what = serde_json::json!([
+        enum_name(&server.transport),
+        server.command,
+        server.args,
+        server.env,
+        server.working_dir,
+        server.url,
+    ]);
+    let digest = sha2::Sha256::digest(what.to_string().as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl ConfigState {

@@ -277,6 +277,8 @@ pub fn route_to_proto(obj: &Obj<RouteSpec>) -> pb::RouteRule {
         source: obj.source.as_str().into(),
         owner: owner(&r.owner),
         log_full: r.log_full,
+        // Set by the caller that knows who is system-wide (the authorizer).
+        suspended: String::new(),
     }
 }
 

@@ -122,6 +122,14 @@ impl AdminService {
             let mut spec = spec.map_err(VaultError::invalid)?;
             normalize_one(&mut spec, Some(caller.uid())).map_err(VaultError::invalid)?;
             ops::check_owner(caller, &spec)?;
+            self.0
+                .authz
+                .check_admin_owner(caller, T::KIND, spec.id(), spec.owner())?;
+            if let Some(route) = (&spec as &dyn std::any::Any).downcast_ref::<RouteSpec>() {
+                self.0
+                    .authz
+                    .check_route_scope(&self.0.store.snapshot(), None, route)?;
+            }
             self.check_references(caller, std::iter::once(&spec), None)?;
             Ok(spec)
         })();
@@ -240,8 +248,20 @@ fn server_p(o: &Obj<ServerSpec>, _: &ConfigState) -> pb::DownstreamServer {
 fn workspace_p(o: &Obj<WorkspaceSpec>, _: &ConfigState) -> pb::Workspace {
     model::workspace_to_proto(o)
 }
-fn route_p(o: &Obj<RouteSpec>, _: &ConfigState) -> pb::RouteRule {
-    model::route_to_proto(o)
+impl AdminService {
+    /// A route as the API shows it, with its suspension if it has one.
+    fn route_p(&self) -> impl Fn(&Obj<RouteSpec>, &ConfigState) -> pb::RouteRule + '_ {
+        let snap = self.0.store.snapshot();
+        move |o, _| {
+            let mut route = model::route_to_proto(o);
+            route.suspended = self
+                .0
+                .authz
+                .route_suspension(&snap, &o.spec)
+                .unwrap_or_default();
+            route
+        }
+    }
 }
 
 /// Parses and normalises an apply document off the runtime, within the
@@ -316,6 +336,9 @@ impl Admin for AdminService {
         let parsed = parse_document(&self.0, req.yaml, &caller).await;
         let prepared = parsed.and_then(|doc| {
             for_each_owner_check(&caller, &doc)?;
+            self.0
+                .authz
+                .check_document(&caller, &self.0.store.snapshot(), &doc)?;
             self.check_references(&caller, doc.auth_scopes.iter(), Some(&doc))?;
             self.check_references(&caller, doc.route_rules.iter(), Some(&doc))?;
             Ok(doc)
@@ -623,21 +646,37 @@ impl Admin for AdminService {
     ) -> Reply<pb::ListRoutesResponse> {
         let caller = self.0.authorize(&request, "Admin/ListRoutes").await?;
         ok(pb::ListRoutesResponse {
-            routes: self.list(&caller, route_p),
+            routes: self.list(&caller, self.route_p()),
         })
     }
 
     async fn get_route(&self, request: Request<pb::GetRequest>) -> Reply<pb::RouteRule> {
         let caller = self.0.authorize(&request, "Admin/GetRoute").await?;
-        ok(self.get(&caller, &request.into_inner().id, route_p)?)
+        ok(self.get(&caller, &request.into_inner().id, self.route_p())?)
     }
 
     async fn create_route(&self, request: Request<pb::RouteRule>) -> Reply<pb::RouteRule> {
         let caller = self.0.authorize(&request, "Admin/CreateRoute").await?;
         let spec = RouteSpec::from_proto(request.into_inner());
-        ok(self
-            .create(&caller, "Admin/CreateRoute", spec, route_p)
-            .await?)
+        let id = self
+            .create_inner(&caller, "Admin/CreateRoute", spec)
+            .await?;
+        ok(self.get(&caller, &id, self.route_p())?)
+    }
+
+    async fn confirm_route(&self, request: Request<pb::GetRequest>) -> Reply<pb::RouteRule> {
+        let caller = self.0.authorize(&request, "Admin/ConfirmRoute").await?;
+        let id = request.into_inner().id;
+        self.require_visible::<RouteSpec>(&caller, "Admin/ConfirmRoute", &id)
+            .await?;
+        let owned_caller = caller.clone();
+        let route_id = id.clone();
+        self.0
+            .mutate(&caller, "Admin/ConfirmRoute", move |ctx| {
+                ops::confirm_route(ctx, &owned_caller, &route_id)
+            })
+            .await?;
+        ok(self.get(&caller, &id, self.route_p())?)
     }
 
     async fn delete_route(&self, request: Request<pb::DeleteRequest>) -> Reply<pb::DeleteResponse> {

@@ -105,7 +105,22 @@ impl VaultService {
         if !self.shared.authz.may_use_scope(caller, &snap, scope_id) {
             return Err(not_granted(scope_id, caller));
         }
-        let Some(server) = snap.config.servers.get(&req.downstream_server_id) else {
+        // The route the proxy followed: current, visible to the caller,
+        // carrying this scope to this server for this tool, and allowed to
+        // carry it (a defence against a stale or lying proxy too).
+        self.shared.authz.check_release_route(caller, &snap, req)?;
+        // A server the caller cannot see (another user's) is answered as a
+        // missing one: the answer reveals nothing about it.
+        let server = snap
+            .config
+            .servers
+            .get(&req.downstream_server_id)
+            .filter(|s| {
+                self.shared
+                    .authz
+                    .may_follow(caller, &snap, s.spec.owner.as_ref())
+            });
+        let Some(server) = server else {
             return Err(VaultError::not_found(
                 "downstream_server",
                 &req.downstream_server_id,
@@ -278,7 +293,19 @@ impl Vault for VaultService {
                 .values()
                 .map(model::workspace_to_proto)
                 .collect(),
-            routes: state.routes.values().map(model::route_to_proto).collect(),
+            routes: state
+                .routes
+                .values()
+                .map(|r| {
+                    let mut route = model::route_to_proto(r);
+                    route.suspended = self
+                        .shared
+                        .authz
+                        .route_suspension(&snap, &r.spec)
+                        .unwrap_or_default();
+                    route
+                })
+                .collect(),
             scopes: state
                 .scopes
                 .values()

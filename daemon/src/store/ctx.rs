@@ -100,6 +100,28 @@ impl<'a> WriteCtx<'a> {
         Ok(())
     }
 
+    /// Pins route `route_id` to its server as that server is now (nothing
+    /// for a route without a server).
+    pub fn pin_route(&mut self, route_id: &str) -> Result<()> {
+        let Some(pin) = self
+            .config()
+            .routes
+            .get(route_id)
+            .and_then(|r| self.config().servers.get(&r.spec.downstream_server_id))
+            .map(|s| crate::model::server_pin(&s.spec))
+        else {
+            return Ok(());
+        };
+        self.conn
+            .prepare_cached(
+                "INSERT INTO route_pins (route_id, pin) VALUES (?1, ?2)
+                 ON CONFLICT (route_id) DO UPDATE SET pin = excluded.pin",
+            )?
+            .execute(params![route_id, pin])?;
+        self.config_mut().pins.insert(route_id.to_owned(), pin);
+        Ok(())
+    }
+
     /// Deletes a configuration object and the secrets stored for it.
     pub fn delete_object(&mut self, kind: Kind, id: &str) -> Result<()> {
         self.conn
@@ -131,6 +153,14 @@ impl<'a> WriteCtx<'a> {
                     .execute(params![id])?;
                 if self.config().provider_secrets.contains(id) {
                     self.config_mut().provider_secrets.remove(id);
+                }
+            }
+            Kind::Route => {
+                self.conn
+                    .prepare_cached("DELETE FROM route_pins WHERE route_id = ?1")?
+                    .execute(params![id])?;
+                if self.config().pins.contains_key(id) {
+                    self.config_mut().pins.remove(id);
                 }
             }
             _ => {}
@@ -476,6 +506,11 @@ pub(super) fn load_config(conn: &Connection) -> Result<ConfigState> {
     let mut stmt = conn.prepare("SELECT provider_id FROM provider_secrets")?;
     for id in stmt.query_map([], |r| r.get::<_, String>(0))? {
         state.provider_secrets.insert(id?);
+    }
+    let mut stmt = conn.prepare("SELECT route_id, pin FROM route_pins")?;
+    for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))? {
+        let (route, pin) = row?;
+        state.pins.insert(route, pin);
     }
     Ok(state)
 }

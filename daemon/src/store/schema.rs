@@ -57,6 +57,13 @@ const MIGRATIONS: &[&str] = &[
          ciphertext BLOB NOT NULL,
          meta       TEXT NOT NULL
      ) STRICT;",
+    // 3: the definition of its server each route was made (or confirmed)
+    // with: a route carrying a user's scope to a server someone else runs
+    // releases nothing once that server changes, until its owner confirms.
+    "CREATE TABLE route_pins (
+         route_id TEXT PRIMARY KEY,
+         pin      TEXT NOT NULL
+     ) STRICT;",
 ];
 
 /// Sets the pragmas every connection of the writer uses.

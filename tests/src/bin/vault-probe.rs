@@ -12,6 +12,11 @@
 //!     [--claim-uid N] [--claim-pid N] [--claim-kind K] [--repeat N]
 //! ```
 //!
+//! Without `--rule`, `credential` names the rule a proxy of the same uid
+//! would: the first allow rule (by priority, then id) of its configuration
+//! that carries SCOPE to SERVER; with none (or no configuration for that
+//! uid), it names none. `--rule ''` names none on purpose.
+//!
 //! `credential --concurrent N` opens N connections, then sends the same
 //! request on each at once (after all are connected) and prints a JSON
 //! array of the N answers in connection order, each the object a single
@@ -95,7 +100,7 @@ fn parse(argv: Vec<String>) -> Result<(PathBuf, Command), Failure> {
     let mut socket = None;
     let mut positional = Vec::new();
     let mut tool = String::new();
-    let mut rule = String::new();
+    let mut rule = None;
     let mut status = None;
     let mut params = String::new();
     let mut claim = AuditRecord::default();
@@ -112,7 +117,7 @@ fn parse(argv: Vec<String>) -> Result<(PathBuf, Command), Failure> {
             "--repeat" => repeat = Some(number(&value(&mut args, "--repeat")?)? as usize),
             "--socket" => socket = Some(PathBuf::from(value(&mut args, "--socket")?)),
             "--tool" => tool = value(&mut args, "--tool")?,
-            "--rule" => rule = value(&mut args, "--rule")?,
+            "--rule" => rule = Some(value(&mut args, "--rule")?),
             "--status" => status = Some(value(&mut args, "--status")?),
             "--params" => params = value(&mut args, "--params")?,
             "--claim-uid" => claim.uid = number(&value(&mut args, "--claim-uid")?)?,
@@ -135,7 +140,7 @@ fn parse(argv: Vec<String>) -> Result<(PathBuf, Command), Failure> {
             downstream_server_id: (*server).to_owned(),
             transport: (*transport).to_owned(),
             tool,
-            route_rule_id: rule,
+            route_rule_id: rule.clone().unwrap_or_else(|| AUTO_RULE.into()),
         }),
         ["config"] => Command::Config,
         ["watch", n] => Command::Watch(number(n)? as usize),
@@ -171,6 +176,38 @@ fn parse(argv: Vec<String>) -> Result<(PathBuf, Command), Failure> {
     Ok((socket, command))
 }
 
+/// Stands for "the rule a proxy would pick" until the configuration is read.
+const AUTO_RULE: &str = "\0auto";
+
+/// The rule a proxy of this uid would name for `request`.
+async fn pick_rule(
+    vault: &mut mcplexer_proto::v1::vault_client::VaultClient<tonic::transport::Channel>,
+    request: &mut CredentialRequest,
+) -> Result<(), Failure> {
+    if request.route_rule_id != AUTO_RULE {
+        return Ok(());
+    }
+    // A peer refused the configuration names no rule: the credential
+    // request then shows how the vault refuses it.
+    let Ok(config) = vault.get_config(GetConfigRequest {}).await else {
+        request.route_rule_id.clear();
+        return Ok(());
+    };
+    let config = config.into_inner();
+    let mut rules: Vec<_> = config
+        .routes
+        .iter()
+        .filter(|r| {
+            r.policy == "allow"
+                && r.auth_scope_id == request.auth_scope_id
+                && r.downstream_server_id == request.downstream_server_id
+        })
+        .collect();
+    rules.sort_by(|a, b| b.priority.cmp(&a.priority).then_with(|| a.id.cmp(&b.id)));
+    request.route_rule_id = rules.first().map(|r| r.id.clone()).unwrap_or_default();
+    Ok(())
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -182,10 +219,12 @@ async fn run(socket: PathBuf, command: Command) -> Result<Value, Failure> {
     let mut vault = mcplexer_proto::vault_client(channel);
     let pid = std::process::id();
     match command {
-        Command::CredentialConcurrent(request, n) => {
+        Command::CredentialConcurrent(mut request, n) => {
+            pick_rule(&mut vault, &mut request).await?;
             concurrent_credentials(&socket, request, n).await
         }
-        Command::Credential(request) => {
+        Command::Credential(mut request) => {
+            pick_rule(&mut vault, &mut request).await?;
             let c = vault
                 .get_credential(request)
                 .await

@@ -491,3 +491,188 @@ fn stdio_servers_never_run_in_the_clients_directory() {
         "{run:#?}"
     );
 }
+
+#[test]
+fn an_admin_cannot_route_a_users_scope_nor_make_a_users_objects() {
+    let vault = vault();
+    let marker = vault.root.path().join("payload-ran");
+    let payload = format!("#!/bin/sh\ntouch '{}'\n", marker.display());
+    let payload = vault.write_file("payload.sh", &payload);
+    // A system-wide route carrying BOB's scope to the admin's command.
+    let system_route = format!(
+        "downstream_servers:\n  - {{id: grab, name: Grab, transport: stdio, command: {}}}\nroute_rules:\n  - {{id: grab-all, name: Grab, tool_match: [\"*\"], downstream_server_id: grab, auth_scope_id: bob-env}}\n",
+        payload.display()
+    );
+    let run = vault.ctl_input(["apply", "-f", "-"], system_route.as_bytes());
+    assert_eq!(run.code, 3, "{run:#?}");
+    assert!(
+        run.stderr.contains("auth_scope bob-env belongs to uid 47202, and a system-wide route cannot carry a user's scope"),
+        "{run:#?}"
+    );
+    // The same objects made out to BOB.
+    let as_bob = format!(
+        "downstream_servers:\n  - {{id: grab, name: Grab, transport: stdio, command: {}, owner: \"47202\"}}\n",
+        payload.display()
+    );
+    let run = vault.ctl_input(["apply", "-f", "-"], as_bob.as_bytes());
+    assert_eq!(run.code, 3, "{run:#?}");
+    assert!(
+        run.stderr
+            .contains("admins do not make or change a user's servers"),
+        "{run:#?}"
+    );
+    let route = [
+        "route", "create", "--id", "grab2", "--name", "Grab", "--match", "*", "--server", "tools",
+        "--scope", "bob-env",
+    ];
+    let run = vault.ctl(route);
+    assert_eq!(run.code, 3, "{run:#?}");
+    assert!(!marker.exists());
+    assert!(vault.ctl(["route", "show", "grab2"]).code != 0);
+    assert_bob_served(&vault);
+}
+
+#[test]
+fn a_users_route_to_an_admins_server_is_suspended_when_the_server_changes() {
+    let vault = vault();
+    let server = |command: &str| {
+        let doc = format!(
+            "downstream_servers:\n  - {{id: shared, name: Shared, transport: stdio, command: {command}}}\n"
+        );
+        vault.ctl_input(["apply", "-f", "-"], doc.as_bytes()).ok();
+    };
+    server("/bin/true");
+    let (uid, gid) = BOB;
+    let route = [
+        "route",
+        "create",
+        "--id",
+        "bob-shared",
+        "--name",
+        "Bob shared",
+        "--match",
+        "shared__*",
+        "--server",
+        "shared",
+        "--scope",
+        "bob-env",
+    ];
+    vault.ctl_as(uid, gid, route, None).ok();
+    let release = || {
+        probe(
+            &vault,
+            Some(BOB),
+            &[
+                "credential",
+                "bob-env",
+                "shared",
+                "stdio",
+                "--rule",
+                "bob-shared",
+                "--tool",
+                "shared__x",
+            ],
+        )
+    };
+    assert_eq!(release().values()["BOB_KEY"], "bob-value");
+    // Another tool than the route's, or a route carrying another scope,
+    // releases nothing.
+    let other_tool = probe(
+        &vault,
+        Some(BOB),
+        &[
+            "credential",
+            "bob-env",
+            "shared",
+            "stdio",
+            "--rule",
+            "bob-shared",
+            "--tool",
+            "other__x",
+        ],
+    );
+    assert!(
+        other_tool
+            .refused(3, "PermissionDenied")
+            .contains("does not match tool")
+    );
+
+    // The admin changes what the server runs: BOB's route is suspended.
+    server("/bin/false");
+    let refused = release();
+    let message = refused.refused(4, "FailedPrecondition");
+    assert!(
+        message.contains("route_rule bob-shared is suspended"),
+        "{message}"
+    );
+    assert_eq!(refused.json["fix"], "mcplexerctl route confirm bob-shared");
+    let shown = vault
+        .ctl_as(uid, gid, ["--json", "route", "show", "bob-shared"], None)
+        .json();
+    assert!(
+        shown["suspended"]
+            .as_str()
+            .unwrap()
+            .contains("changed after the route was made")
+    );
+    // Only BOB may confirm it, not the admin who changed the server.
+    let run = vault.ctl(["route", "confirm", "bob-shared"]);
+    assert_eq!(run.code, 3, "{run:#?}");
+    assert!(release().code != 0);
+    vault
+        .ctl_as(uid, gid, ["route", "confirm", "bob-shared"], None)
+        .ok();
+    assert_eq!(release().values()["BOB_KEY"], "bob-value");
+    let records = vault.ctl(["--json", "audit", "--limit", "1000"]).json();
+    assert!(
+        records
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["action"] == "Admin/ConfirmRoute"
+                && r["uid"] == BOB.0
+                && r["status"] == "success"),
+        "{records:#}"
+    );
+}
+
+#[test]
+fn another_users_server_is_answered_as_missing() {
+    let vault = vault();
+    let (uid, gid) = BOB;
+    let doc = "downstream_servers:\n  - {id: bob-tools, name: Bob tools, transport: stdio, command: /bin/true}\n";
+    vault
+        .ctl_as(uid, gid, ["apply", "-f", "-"], Some(doc.as_bytes()))
+        .ok();
+    let (m_uid, m_gid) = MALLORY;
+    let doc = "auth_scopes:\n  - {id: mal-env, name: Mal env, type: env}\n";
+    vault
+        .ctl_as(m_uid, m_gid, ["apply", "-f", "-"], Some(doc.as_bytes()))
+        .ok();
+    vault
+        .ctl_as(
+            m_uid,
+            m_gid,
+            ["secret", "set", "mal-env", "K"],
+            Some(b"v\n"),
+        )
+        .ok();
+    let ask = |server: &str| {
+        probe(
+            &vault,
+            Some(MALLORY),
+            &["credential", "mal-env", server, "stdio", "--rule", ""],
+        )
+    };
+    let theirs = ask("bob-tools");
+    let missing = ask("no-such-server");
+    assert_eq!(
+        theirs.refused(4, "NotFound"),
+        "downstream_server \"bob-tools\" does not exist"
+    );
+    assert_eq!(
+        missing.refused(4, "NotFound"),
+        "downstream_server \"no-such-server\" does not exist"
+    );
+    assert_eq!(ask("tools").values()["K"], "v");
+}
