@@ -29,6 +29,25 @@ use tokio_stream::Stream;
 use crate::authz::{Caller, PeerInfo};
 use crate::error::{Result, VaultError};
 
+/// The longest name (tool, rule, server, scope) kept in an audit record.
+pub const AUDIT_NAME: usize = 256;
+/// The longest error text kept in an audit record.
+pub const AUDIT_ERROR: usize = 1024;
+
+/// Cuts `s` to at most `max` bytes (on a character boundary), marking the
+/// cut.
+pub fn cap_text(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut cut = max;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push_str("…[truncated]");
+    }
+    s
+}
+
 /// Requests one user uid may have in the vault's handlers at once.
 pub const USER_IN_FLIGHT: usize = 32;
 

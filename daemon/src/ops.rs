@@ -20,6 +20,52 @@ use crate::store::WriteCtx;
 /// The largest secret value accepted (64 KiB).
 pub const MAX_SECRET_LEN: usize = 64 * 1024;
 
+/// The most objects (of all kinds together) one user may own: every write
+/// copies the configuration, so one user's thousands would slow everyone's.
+pub const MAX_USER_OBJECTS: usize = 1000;
+
+/// Refuses a change that leaves a user (not an admin) owning more than
+/// [`MAX_USER_OBJECTS`] objects.
+fn check_object_quota(caller: &Caller, state: &ConfigState) -> Result<()> {
+    if caller.is_admin() {
+        return Ok(());
+    }
+    let uid = Some(caller.uid());
+    let mine = |owner: Option<&OwnerSpec>| owner.and_then(OwnerSpec::uid) == uid;
+    let owned = state
+        .scopes
+        .values()
+        .filter(|o| mine(o.spec.owner.as_ref()))
+        .count()
+        + state
+            .providers
+            .values()
+            .filter(|o| mine(o.spec.owner.as_ref()))
+            .count()
+        + state
+            .servers
+            .values()
+            .filter(|o| mine(o.spec.owner.as_ref()))
+            .count()
+        + state
+            .workspaces
+            .values()
+            .filter(|o| mine(o.spec.owner.as_ref()))
+            .count()
+        + state
+            .routes
+            .values()
+            .filter(|o| mine(o.spec.owner.as_ref()))
+            .count();
+    if owned > MAX_USER_OBJECTS {
+        return Err(VaultError::limit(format!(
+            "uid {} would own {owned} objects; a user may own at most {MAX_USER_OBJECTS} (delete some first)",
+            caller.uid()
+        )));
+    }
+    Ok(())
+}
+
 /// An object kind's place in the configuration.
 pub trait Object: Normalize + Serialize + Clone + PartialEq + Send + 'static {
     /// Its map in the configuration.
@@ -114,7 +160,7 @@ pub fn check_owner<T: Object>(caller: &Caller, spec: &T) -> Result<()> {
 }
 
 /// Creates an `api` object; `spec` is already normalised and owner-checked.
-pub fn create<T: Object>(ctx: &mut WriteCtx<'_>, spec: T) -> Result<T> {
+pub fn create<T: Object>(ctx: &mut WriteCtx<'_>, caller: &Caller, spec: T) -> Result<T> {
     let kind = T::KIND;
     let id = spec.id().to_owned();
     if let Some(existing) = T::map(ctx.config()).get(&id) {
@@ -133,6 +179,7 @@ pub fn create<T: Object>(ctx: &mut WriteCtx<'_>, spec: T) -> Result<T> {
     };
     T::map_mut(ctx.config_mut()).insert(id.clone(), obj.clone());
     problems_to_error(validate_state(ctx.config()))?;
+    check_object_quota(caller, ctx.config())?;
     ctx.put_object(kind, &obj, &id)?;
     // Whatever a former object of this id left (tokens an authorization
     // stored as its scope was deleted, by a vault without that check) is
@@ -392,6 +439,7 @@ pub fn apply(
     plan_kind::<RouteSpec>(caller, applier, doc, &mut next, &mut changes, &mut problems);
     problems.extend(validate_state(&next));
     problems_to_error(problems)?;
+    check_object_quota(caller, &next)?;
     mark_handed_over(caller, daemon_uid, ctx.config(), &next, &mut changes);
     if dry_run || changes.is_empty() {
         return Ok(changes);

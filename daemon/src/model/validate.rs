@@ -405,19 +405,79 @@ impl Normalize for RouteSpec {
 
 fn label<T: Normalize>(obj: &T) -> String {
     if obj.id().is_empty() {
-        format!("{} named {:?}", T::KIND.name(), obj.name())
+        format!("{} named {:?}", T::KIND.name(), short(obj.name()))
     } else {
-        format!("{} {}", T::KIND.name(), obj.id())
+        format!("{} {}", T::KIND.name(), short(obj.id()))
+    }
+}
+
+/// At most 64 characters of `text`, for messages that name what a peer
+/// sent.
+pub fn short(text: &str) -> String {
+    match text.char_indices().nth(64) {
+        None => text.to_owned(),
+        Some((cut, _)) => format!("{}…", &text[..cut]),
     }
 }
 
 /// Normalises one object, prefixing any problem with the object's label.
-pub fn normalize_one<T: Normalize>(obj: &mut T, default_owner: Option<u32>) -> Result<(), String> {
-    obj.normalize(default_owner)
+pub fn normalize_one<T: Normalize + serde::Serialize>(
+    obj: &mut T,
+    default_owner: Option<u32>,
+) -> Result<(), String> {
+    check_bounds(obj)
+        .and_then(|()| obj.normalize(default_owner))
         .map_err(|problem| format!("{}: {problem}", label(obj)))
 }
 
-fn normalize_list<T: Normalize>(
+/// The longest text of any field of an object (commands, URLs, globs,
+/// descriptions); names and ids have tighter rules of their own.
+pub const MAX_FIELD_BYTES: usize = 4096;
+/// The most items in any list or map of an object (args, env, grants,
+/// tool_match, scopes, ...).
+pub const MAX_FIELD_ITEMS: usize = 256;
+
+/// Refuses an object with a field past [`MAX_FIELD_BYTES`] or a list or map
+/// past [`MAX_FIELD_ITEMS`], naming the field: what a peer sends is
+/// bounded field by field, not only by the message size.
+fn check_bounds<T: serde::Serialize>(obj: &T) -> Result<(), String> {
+    fn walk(path: &str, value: &serde_json::Value) -> Result<(), String> {
+        use serde_json::Value;
+        match value {
+            Value::String(s) if s.len() > MAX_FIELD_BYTES => Err(format!(
+                "{path} is {} bytes long; the limit is {MAX_FIELD_BYTES}",
+                s.len()
+            )),
+            Value::Array(items) if items.len() > MAX_FIELD_ITEMS => Err(format!(
+                "{path} has {} items; the limit is {MAX_FIELD_ITEMS}",
+                items.len()
+            )),
+            Value::Object(map) if map.len() > MAX_FIELD_ITEMS => Err(format!(
+                "{path} has {} entries; the limit is {MAX_FIELD_ITEMS}",
+                map.len()
+            )),
+            Value::Array(items) => items.iter().try_for_each(|v| walk(path, v)),
+            Value::Object(map) => map.iter().try_for_each(|(k, v)| {
+                if k.len() > MAX_FIELD_BYTES {
+                    return Err(format!(
+                        "{path} has a key of {} bytes; the limit is {MAX_FIELD_BYTES}",
+                        k.len()
+                    ));
+                }
+                if path.is_empty() {
+                    walk(k, v)
+                } else {
+                    walk(path, v)
+                }
+            }),
+            _ => Ok(()),
+        }
+    }
+    let value = serde_json::to_value(obj).map_err(|e| format!("cannot be read: {e}"))?;
+    walk("", &value)
+}
+
+fn normalize_list<T: Normalize + serde::Serialize>(
     list: &mut [T],
     default_owner: Option<u32>,
     problems: &mut Vec<String>,

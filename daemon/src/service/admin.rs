@@ -141,9 +141,12 @@ impl AdminService {
                 return refused;
             }
         };
+        let owned_caller = caller.clone();
         let spec = self
             .0
-            .mutate(caller, rpc, move |ctx| ops::create(ctx, spec))
+            .mutate(caller, rpc, move |ctx| {
+                ops::create(ctx, &owned_caller, spec)
+            })
             .await?;
         Ok(spec.id().to_owned())
     }
@@ -688,7 +691,7 @@ impl Admin for AdminService {
 
     async fn query_audit(&self, request: Request<pb::AuditQuery>) -> Reply<pb::AuditQueryResponse> {
         let caller = self.0.authorize(&request, "Admin/QueryAudit").await?;
-        let filter = audit_filter(&caller, request.into_inner());
+        let filter = audit_filter(&caller, request.into_inner())?;
         self.0.journal.flush().await?;
         let (records, truncated) = fit_answer(self.0.store.query_audit(filter).await?);
         ok(pb::AuditQueryResponse { records, truncated })
@@ -702,7 +705,7 @@ impl Admin for AdminService {
         request: Request<pb::AuditQuery>,
     ) -> Reply<Self::FollowAuditStream> {
         let caller = self.0.authorize(&request, "Admin/FollowAudit").await?;
-        let filter = audit_filter(&caller, request.into_inner());
+        let filter = audit_filter(&caller, request.into_inner())?;
         let store = self.0.store.clone();
         // Subscribe before the first query so nothing falls between them.
         let mut feed = store.audit_feed();
@@ -862,9 +865,23 @@ fn fit_answer(mut records: Vec<pb::AuditRecord>) -> (Vec<pb::AuditRecord>, bool)
     (records, truncated)
 }
 
-fn audit_filter(caller: &Caller, q: pb::AuditQuery) -> AuditFilter {
+fn audit_filter(caller: &Caller, q: pb::AuditQuery) -> Result<AuditFilter> {
+    for (field, text) in [
+        ("tool", &q.tool),
+        ("auth_scope_id", &q.auth_scope_id),
+        ("status", &q.status),
+        ("kind", &q.kind),
+    ] {
+        if text.len() > crate::limits::AUDIT_NAME {
+            return Err(VaultError::invalid(format!(
+                "the audit query's {field} is {} bytes long; the limit is {}",
+                text.len(),
+                crate::limits::AUDIT_NAME
+            )));
+        }
+    }
     let non_empty = |s: String| (!s.is_empty()).then_some(s);
-    AuditFilter {
+    Ok(AuditFilter {
         tool: non_empty(q.tool),
         since_ms: (q.since_ms > 0).then_some(q.since_ms),
         after_id: (q.after_id > 0).then_some(q.after_id),
@@ -878,5 +895,5 @@ fn audit_filter(caller: &Caller, q: pb::AuditQuery) -> AuditFilter {
             Some(caller.uid())
         },
         limit: q.limit,
-    }
+    })
 }

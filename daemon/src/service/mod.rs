@@ -91,9 +91,36 @@ impl Shared {
     }
 
     /// Records an admin-side event (a mutation or a refusal). Failure to
-    /// record is logged, never hidden.
+    /// record is logged, never hidden. A user's refusals count against its
+    /// audit quota: past it they are counted into one record a minute
+    /// instead of stored one by one.
     pub async fn audit_admin(&self, peer: &PeerInfo, rpc: &str, status: &str, error: &str) {
-        let record = admin_record(peer, rpc, status, error);
+        let mut record = admin_record(peer, rpc, status, error);
+        let admin = self.authz.caller(peer).is_ok_and(|c| c.is_admin());
+        if status == "denied" && !admin {
+            let bytes = prost::Message::encoded_len(&record) as u64;
+            if let Err(refusal) = self.audit_quota.take(peer.uid, bytes, Instant::now()) {
+                let Some(refused) = refusal.report else {
+                    return;
+                };
+                record.error = crate::limits::cap_text(
+                    format!(
+                        "{refused} refusals not recorded one by one: {}; the last: {}",
+                        refusal.message, record.error
+                    ),
+                    crate::limits::AUDIT_ERROR,
+                );
+            }
+        }
+        if let Err(err) = self.store.write(move |ctx| ctx.insert_audit(record)).await {
+            tracing::error!(error = %err, rpc, "cannot record an audit event");
+        }
+    }
+
+    /// Records the report of a uid's refused audit records: itself never
+    /// metered (it is what metering leaves).
+    pub async fn audit_report(&self, peer: &PeerInfo, rpc: &str, note: &str) {
+        let record = admin_record(peer, rpc, "denied", note);
         if let Err(err) = self.store.write(move |ctx| ctx.insert_audit(record)).await {
             tracing::error!(error = %err, rpc, "cannot record an audit event");
         }
@@ -157,7 +184,7 @@ fn admin_record(peer: &PeerInfo, rpc: &str, status: &str, error: &str) -> pb::Au
         pid: peer.pid,
         kind: "admin".into(),
         status: status.into(),
-        error: error.into(),
+        error: crate::limits::cap_text(error.to_owned(), crate::limits::AUDIT_ERROR),
         action: rpc.into(),
         ..Default::default()
     }

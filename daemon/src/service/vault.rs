@@ -247,12 +247,14 @@ impl VaultService {
                 uid: caller.uid(),
                 pid: caller.peer.pid,
                 kind: "release".into(),
-                tool: req.tool.clone(),
-                route_rule_id: req.route_rule_id.clone(),
-                downstream_server_id: req.downstream_server_id.clone(),
-                auth_scope_id: req.auth_scope_id.clone(),
+                // What the peer named, cut to the sizes a real name has:
+                // a release's record costs the same whatever was sent.
+                tool: cap(req.tool.clone(), AUDIT_NAME),
+                route_rule_id: cap(req.route_rule_id.clone(), AUDIT_NAME),
+                downstream_server_id: cap(req.downstream_server_id.clone(), AUDIT_NAME),
+                auth_scope_id: cap(req.auth_scope_id.clone(), AUDIT_NAME),
                 status: status.into(),
-                error,
+                error: cap(error, AUDIT_ERROR),
                 ..Default::default()
             })
             .map(|_| ())
@@ -266,18 +268,7 @@ fn not_granted(scope_id: &str, caller: &Caller) -> VaultError {
     ))
 }
 
-/// Caps a proxy-submitted text field.
-fn cap(mut s: String, max: usize) -> String {
-    if s.len() > max {
-        let mut cut = max;
-        while !s.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        s.truncate(cut);
-        s.push_str("…[truncated]");
-    }
-    s
-}
+use crate::limits::{AUDIT_ERROR, AUDIT_NAME, cap_text as cap};
 
 #[tonic::async_trait]
 impl Vault for VaultService {
@@ -387,7 +378,7 @@ impl Vault for VaultService {
         }
         // Audit holds redacted excerpts, not payloads: 16 KiB of params,
         // error and response each keeps a record under 50 KiB.
-        const FIELD: usize = 256;
+        const FIELD: usize = AUDIT_NAME;
         const BODY: usize = 16 * 1024;
         let record = pb::AuditRecord {
             id: 0,
@@ -417,7 +408,7 @@ impl Vault for VaultService {
                 if let Some(refused) = refusal.report {
                     let note = format!("{refused} audit records refused: {}", refusal.message);
                     self.shared
-                        .audit_admin(&caller.peer, "Vault/SubmitAudit", "denied", &note)
+                        .audit_report(&caller.peer, "Vault/SubmitAudit", &note)
                         .await;
                 }
                 return Err(VaultError::limit(refusal.message).into());

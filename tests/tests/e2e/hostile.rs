@@ -676,3 +676,55 @@ fn another_users_server_is_answered_as_missing() {
     );
     assert_eq!(ask("tools").values()["K"], "v");
 }
+
+#[test]
+fn every_field_and_every_users_objects_are_bounded() {
+    let vault = vault();
+    let (uid, gid) = MALLORY;
+    let long = "x".repeat(5000);
+    let doc = format!(
+        "downstream_servers:\n  - {{id: big, name: Big, transport: stdio, command: /bin/{long}}}\n"
+    );
+    let run = apply_as_mallory(&vault, &doc);
+    assert_all_refused(&[run], "command is 5005 bytes long; the limit is 4096");
+    let many: String = (0..300).map(|i| format!("\"a{i}\", ")).collect();
+    let doc = format!(
+        "downstream_servers:\n  - {{id: big, name: Big, transport: stdio, command: /bin/true, args: [{many}]}}\n"
+    );
+    assert_all_refused(
+        &[apply_as_mallory(&vault, &doc)],
+        "args has 300 items; the limit is 256",
+    );
+    // A huge id comes back cut, and its refusal is recorded cut too.
+    let huge_id = "y".repeat(100_000);
+    let run = vault.ctl_as(uid, gid, ["scope", "delete", &huge_id], None);
+    assert_eq!(run.code, 4, "{}", &run.stderr[..200.min(run.stderr.len())]);
+    let records = vault.ctl(["--json", "audit", "--limit", "1000"]).json();
+    let refused = records
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["uid"] == uid && r["action"] == "Admin/DeleteScope")
+        .expect("the refusal is audited");
+    assert!(
+        refused["error"].as_str().unwrap().len() < 1100,
+        "{}",
+        refused["error"]
+    );
+    // A user owns at most 1000 objects.
+    let scopes: String = (0..1001)
+        .map(|i| format!("  - {{id: s{i}, name: s{i}, type: env}}\n"))
+        .collect();
+    let run = vault.ctl_as(
+        uid,
+        gid,
+        ["apply", "-f", "-"],
+        Some(format!("auth_scopes:\n{scopes}").as_bytes()),
+    );
+    assert_eq!(run.code, 4, "{run:#?}");
+    assert!(
+        run.stderr.contains("a user may own at most 1000"),
+        "{run:#?}"
+    );
+    assert_bob_served(&vault);
+}
