@@ -48,6 +48,18 @@ pub async fn status(ctx: &mut Ctx) -> Result<(), Failure> {
         .add("routes", s.routes)
         .add("audit_records", s.audit_records)
         .add("audit_retention_days", s.audit_retention_days);
+    for d in &s.disabled {
+        f.add(
+            "disabled",
+            format!(
+                "{} {} ({}): {}",
+                output::clean(&d.kind),
+                output::clean(&d.id),
+                output::owner(d.owner),
+                output::clean(&d.reason)
+            ),
+        );
+    }
     Ok(f.print()?)
 }
 

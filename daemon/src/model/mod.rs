@@ -20,8 +20,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Deserializer, Serialize};
 
 pub use validate::{
-    Normalize, check_glob, derive_id, is_env_name, is_header_name, normalize_all, normalize_one,
-    transport_compatible, validate_state,
+    Normalize, Problem, check_glob, derive_id, is_env_name, is_header_name, normalize_all,
+    normalize_one, state_problems, transport_compatible, validate_state,
 };
 
 /// The id of the built-in workspace whose root is `/`.

@@ -511,46 +511,86 @@ pub fn normalize_all(doc: &mut Document, default_owner: Option<u32>) -> Vec<Stri
     problems
 }
 
+/// A problem of the configuration as a whole, and the objects it involves
+/// (any one of which, removed, may resolve it).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Problem {
+    /// What is wrong, naming the objects.
+    pub message: String,
+    /// The objects involved, by kind and id.
+    pub involves: Vec<(Kind, String)>,
+}
+
 /// Checks the configuration as a whole; all problems at once.
 pub fn validate_state(state: &ConfigState) -> Vec<String> {
+    state_problems(state)
+        .into_iter()
+        .map(|p| p.message)
+        .collect()
+}
+
+/// [`validate_state`], with the objects each problem involves.
+pub fn state_problems(state: &ConfigState) -> Vec<Problem> {
     let mut problems = Vec::new();
+    let mut problem = |message: String, involves: Vec<(Kind, &str)>| {
+        problems.push(Problem {
+            message,
+            involves: involves
+                .into_iter()
+                .map(|(k, id)| (k, id.to_owned()))
+                .collect(),
+        });
+    };
     for scope in state.scopes.values() {
         let s = &scope.spec;
         if s.kind == ScopeType::Oauth2 && !state.providers.contains_key(&s.oauth_provider_id) {
-            problems.push(format!(
-                "auth_scope {}: oauth_provider_id {:?} does not name an oauth_provider",
-                s.id, s.oauth_provider_id
-            ));
+            problem(
+                format!(
+                    "auth_scope {}: oauth_provider_id {:?} does not name an oauth_provider",
+                    s.id, s.oauth_provider_id
+                ),
+                vec![(Kind::Scope, &s.id)],
+            );
         }
     }
     let mut namespaces: BTreeMap<&str, &str> = BTreeMap::new();
     for server in state.servers.values() {
         let s = &server.spec;
         if let Some(other) = namespaces.insert(&s.tool_namespace, &s.id) {
-            problems.push(format!(
-                "downstream_server {}: tool_namespace {:?} is already used by downstream_server {other}",
-                s.id, s.tool_namespace
-            ));
+            problem(
+                format!(
+                    "downstream_server {}: tool_namespace {:?} is already used by another downstream_server",
+                    s.id, s.tool_namespace
+                ),
+                vec![(Kind::Server, &s.id), (Kind::Server, other)],
+            );
         }
     }
     for route in state.routes.values() {
         let r = &route.spec;
+        let me = vec![(Kind::Route, r.id.as_str())];
         let ws = route_workspace(r);
         if !state.workspaces.contains_key(ws) {
-            problems.push(format!(
-                "route_rule {}: workspace_id {ws:?} does not name a workspace",
-                r.id
-            ));
+            problem(
+                format!(
+                    "route_rule {}: workspace_id {ws:?} does not name a workspace",
+                    r.id
+                ),
+                me.clone(),
+            );
         }
         let server = if r.downstream_server_id.is_empty() {
             None
         } else {
             let found = state.servers.get(&r.downstream_server_id);
             if found.is_none() {
-                problems.push(format!(
-                    "route_rule {}: downstream_server_id {:?} does not name a downstream_server",
-                    r.id, r.downstream_server_id
-                ));
+                problem(
+                    format!(
+                        "route_rule {}: downstream_server_id {:?} does not name a downstream_server",
+                        r.id, r.downstream_server_id
+                    ),
+                    me.clone(),
+                );
             }
             found
         };
@@ -559,17 +599,20 @@ pub fn validate_state(state: &ConfigState) -> Vec<String> {
         } else {
             let found = state.scopes.get(&r.auth_scope_id);
             if found.is_none() {
-                problems.push(format!(
-                    "route_rule {}: auth_scope_id {:?} does not name an auth_scope",
-                    r.id, r.auth_scope_id
-                ));
+                problem(
+                    format!(
+                        "route_rule {}: auth_scope_id {:?} does not name an auth_scope",
+                        r.id, r.auth_scope_id
+                    ),
+                    me.clone(),
+                );
             }
             found
         };
         if let (Some(scope), Some(server)) = (scope, server)
             && let Err(p) = transport_compatible(&scope.spec, &server.spec)
         {
-            problems.push(format!("route_rule {}: {p}", r.id));
+            problem(format!("route_rule {}: {p}", r.id), me);
         }
     }
     problems

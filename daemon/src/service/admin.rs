@@ -303,6 +303,18 @@ impl Admin for AdminService {
         };
         let info = &self.0.info;
         let keyring = self.0.store.keyring();
+        let all_disabled = self.0.store.read(crate::ops::config_file::read).await?;
+        let disabled = all_disabled
+            .into_iter()
+            .filter(|d| caller.is_admin() || d.owner == Some(caller.uid()))
+            .map(|d| pb::DisabledObject {
+                kind: d.kind.name().into(),
+                id: d.id,
+                owner: d.owner,
+                reason: d.reason,
+                disabled_ms: d.disabled_ms,
+            })
+            .collect();
         ok(pb::StatusResponse {
             version: env!("CARGO_PKG_VERSION").into(),
             mode: info.mode.into(),
@@ -316,6 +328,7 @@ impl Admin for AdminService {
                 .identity_sealed
                 .load(std::sync::atomic::Ordering::SeqCst),
             memory_lock: crate::vault::locked::memory_lock().as_str().into(),
+            disabled,
             scopes: state.scopes.len() as u64,
             providers: state.providers.len() as u64,
             servers: state.servers.len() as u64,

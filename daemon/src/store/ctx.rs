@@ -122,6 +122,48 @@ impl<'a> WriteCtx<'a> {
         Ok(())
     }
 
+    /// Sets an object aside: its row moves from `objects` to
+    /// `disabled_objects` (replacing an older one of the same kind and id).
+    pub fn disable_object(&mut self, d: &crate::ops::config_file::Disabled) -> Result<()> {
+        self.conn
+            .prepare_cached("DELETE FROM objects WHERE kind = ?1 AND id = ?2")?
+            .execute(params![d.kind.tag(), d.id])?;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO disabled_objects
+                   (kind, id, spec, source, applied_by, owner, reason, disabled_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT (kind, id) DO UPDATE SET
+                   spec = excluded.spec, source = excluded.source,
+                   applied_by = excluded.applied_by, owner = excluded.owner,
+                   reason = excluded.reason, disabled_ms = excluded.disabled_ms",
+            )?
+            .execute(params![
+                d.kind.tag(),
+                d.id,
+                d.spec,
+                d.source.as_str(),
+                d.applied_by,
+                d.owner,
+                d.reason,
+                d.disabled_ms
+            ])?;
+        Ok(())
+    }
+
+    /// Forgets a set-aside object (it was put back).
+    pub fn forget_disabled(&mut self, kind: Kind, id: &str) -> Result<()> {
+        self.conn
+            .prepare_cached("DELETE FROM disabled_objects WHERE kind = ?1 AND id = ?2")?
+            .execute(params![kind.tag(), id])?;
+        Ok(())
+    }
+
+    /// The objects set aside.
+    pub fn disabled_objects(&self) -> Result<Vec<crate::ops::config_file::Disabled>> {
+        crate::ops::config_file::read(self.conn)
+    }
+
     /// Deletes a configuration object and the secrets stored for it.
     pub fn delete_object(&mut self, kind: Kind, id: &str) -> Result<()> {
         self.conn

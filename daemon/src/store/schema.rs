@@ -64,6 +64,19 @@ const MIGRATIONS: &[&str] = &[
          route_id TEXT PRIMARY KEY,
          pin      TEXT NOT NULL
      ) STRICT;",
+    // 4: objects the config file set aside (its ids and namespaces win over
+    // users' objects), kept whole until they fit again.
+    "CREATE TABLE disabled_objects (
+         kind        TEXT NOT NULL,
+         id          TEXT NOT NULL,
+         spec        TEXT NOT NULL,
+         source      TEXT NOT NULL,
+         applied_by  INTEGER,
+         owner       INTEGER,
+         reason      TEXT NOT NULL,
+         disabled_ms INTEGER NOT NULL,
+         PRIMARY KEY (kind, id)
+     ) STRICT;",
 ];
 
 /// Sets the pragmas every connection of the writer uses.

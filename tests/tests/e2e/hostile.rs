@@ -33,10 +33,17 @@ fn vault() -> Vault {
 
 /// [`vault`], with extra daemon flags.
 fn vault_with(extra: &[&str]) -> Vault {
-    let vault = Vault::start_with(VaultOptions {
-        client_group: Some(G),
+    vault_from(VaultOptions {
         extra: extra.iter().map(|s| (*s).to_owned()).collect(),
         ..Default::default()
+    })
+}
+
+/// [`vault`], with these options (and the client group).
+fn vault_from(options: VaultOptions) -> Vault {
+    let vault = Vault::start_with(VaultOptions {
+        client_group: Some(G),
+        ..options
     });
     vault.create_stdio_server("tools", "Tools");
     let (uid, gid) = BOB;
@@ -727,4 +734,113 @@ fn every_field_and_every_users_objects_are_bounded() {
         "{run:#?}"
     );
     assert_bob_served(&vault);
+}
+
+/// What `status` says was set aside, for `user` (or root): kind, id,
+/// reason, sorted.
+fn disabled_of(vault: &Vault, user: Option<(u32, u32)>) -> Vec<(String, String, String)> {
+    let status = match user {
+        Some((uid, gid)) => vault.ctl_as(uid, gid, ["--json", "status"], None).json(),
+        None => vault.ctl(["--json", "status"]).json(),
+    };
+    let mut out: Vec<(String, String, String)> = status["disabled"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|d| {
+                    (
+                        d["kind"].as_str().unwrap().to_owned(),
+                        d["id"].as_str().unwrap().to_owned(),
+                        d["reason"].as_str().unwrap().to_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+#[test]
+fn a_users_objects_never_stop_the_vault_from_starting() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.yaml");
+    let write = |servers: &str| {
+        std::fs::write(&config, format!("downstream_servers:\n{servers}")).unwrap();
+    };
+    write("  - {id: cfg-tools, name: Cfg, transport: stdio, command: /bin/true}\n");
+    let mut vault = vault_from(VaultOptions {
+        config: Some(config.clone()),
+        ..Default::default()
+    });
+    let (uid, gid) = BOB;
+    // BOB's earlier apply made bob-env: this one keeps it.
+    let bobs = "auth_scopes:
+  - {id: bob-env, name: Bob env, type: env}
+downstream_servers:
+  - {id: taken, name: Taken, transport: stdio, command: /bin/true, tool_namespace: t1}
+  - {id: bob-ns, name: Bob ns, transport: stdio, command: /bin/true, tool_namespace: later}
+route_rules:
+  - {id: bob-on-cfg, name: Bob on cfg, tool_match: [\"cfg__*\"], downstream_server_id: cfg-tools}\n";
+    let run = vault.ctl_as(uid, gid, ["apply", "-f", "-"], Some(bobs.as_bytes()));
+    run.ok();
+    // The file now takes BOB's id and namespace, and drops the server his
+    // route is on. The vault starts all the same.
+    write(
+        "  - {id: taken, name: Taken, transport: stdio, command: /bin/true, tool_namespace: t2}
+  - {id: later-file, name: Later, transport: stdio, command: /bin/true, tool_namespace: later}\n",
+    );
+    vault.restart();
+    let bob_sees = disabled_of(&vault, Some(BOB));
+    let kinds: Vec<(&str, &str)> = bob_sees
+        .iter()
+        .map(|(k, i, _)| (k.as_str(), i.as_str()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("downstream_server", "bob-ns"),
+            ("downstream_server", "taken"),
+            ("route_rule", "bob-on-cfg")
+        ],
+        "{bob_sees:#?}"
+    );
+    assert!(
+        bob_sees[0].2.contains("tool_namespace \"later\""),
+        "{bob_sees:#?}"
+    );
+    assert!(
+        bob_sees[1]
+            .2
+            .contains("the vault's config file defines downstream_server taken")
+    );
+    assert!(bob_sees[2].2.contains("does not name a downstream_server"));
+    assert_eq!(disabled_of(&vault, None), bob_sees);
+    assert!(disabled_of(&vault, Some(MALLORY)).is_empty());
+    let records = vault.ctl(["--json", "audit", "--limit", "1000"]).json();
+    let set_aside = records
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["uid"] == BOB.0 && r["action"].as_str().unwrap().starts_with("ConfigFile/"))
+        .count();
+    assert_eq!(set_aside, 3);
+    assert_bob_served(&vault);
+    // The file gives the id and namespace back: BOB's servers return; his
+    // route stays aside while its server is gone.
+    write("  - {id: other, name: Other, transport: stdio, command: /bin/true}\n");
+    vault.restart();
+    let servers = vault
+        .ctl_as(uid, gid, ["--json", "server", "list"], None)
+        .json();
+    let ids: Vec<&str> = servers
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    assert!(ids.contains(&"taken") && ids.contains(&"bob-ns"), "{ids:?}");
+    let left = disabled_of(&vault, Some(BOB));
+    assert_eq!(left.len(), 1, "{left:#?}");
+    assert_eq!(left[0].1, "bob-on-cfg");
 }

@@ -17,6 +17,8 @@ use crate::model::{
 };
 use crate::store::WriteCtx;
 
+pub mod config_file;
+
 /// The largest secret value accepted (64 KiB).
 pub const MAX_SECRET_LEN: usize = 64 * 1024;
 
@@ -379,6 +381,46 @@ fn plan_kind<T: Object>(
     }
 }
 
+/// Writes object `kind`/`id` of `next` as it is there.
+fn persist_one(ctx: &mut WriteCtx<'_>, next: &ConfigState, kind: Kind, id: &str) -> Result<()> {
+    fn put<T: Serialize>(
+        ctx: &mut WriteCtx<'_>,
+        map: &BTreeMap<String, Obj<T>>,
+        kind: Kind,
+        id: &str,
+    ) -> Result<()> {
+        match map.get(id) {
+            Some(obj) => ctx.put_object(kind, obj, id),
+            None => Ok(()),
+        }
+    }
+    match kind {
+        Kind::Scope => put(ctx, &next.scopes, kind, id),
+        Kind::Provider => put(ctx, &next.providers, kind, id),
+        Kind::Server => put(ctx, &next.servers, kind, id),
+        Kind::Workspace => put(ctx, &next.workspaces, kind, id),
+        Kind::Route => put(ctx, &next.routes, kind, id),
+    }
+}
+
+/// The audit record of an object the config file set aside or put back,
+/// under the object's owner's uid so that the owner sees it.
+fn config_file_record(
+    d: &config_file::Disabled,
+    status: &str,
+    note: &str,
+) -> mcplexer_proto::v1::AuditRecord {
+    mcplexer_proto::v1::AuditRecord {
+        time_ms: crate::clock::now_ms(),
+        uid: d.owner.unwrap_or(0),
+        kind: "admin".into(),
+        status: status.into(),
+        action: format!("ConfigFile/{} {}", d.kind.name(), d.id),
+        error: crate::limits::cap_text(note.to_owned(), crate::limits::AUDIT_ERROR),
+        ..Default::default()
+    }
+}
+
 fn persist<T: Object>(
     ctx: &mut WriteCtx<'_>,
     next: &ConfigState,
@@ -432,17 +474,80 @@ pub fn apply(
         .collect();
     let mut changes = Vec::new();
     let mut problems = Vec::new();
+    // The config file's objects win over users' (see `config_file`).
+    let config_file = applier.is_none();
+    let mut disabled = Vec::new();
+    let mut restored = Vec::new();
+    if config_file {
+        config_file::before_plan(doc, &mut next, &mut disabled);
+    }
     plan_kind::<ScopeSpec>(caller, applier, doc, &mut next, &mut changes, &mut problems);
     plan_kind::<ProviderSpec>(caller, applier, doc, &mut next, &mut changes, &mut problems);
     plan_kind::<ServerSpec>(caller, applier, doc, &mut next, &mut changes, &mut problems);
     plan_kind::<WorkspaceSpec>(caller, applier, doc, &mut next, &mut changes, &mut problems);
     plan_kind::<RouteSpec>(caller, applier, doc, &mut next, &mut changes, &mut problems);
-    problems.extend(validate_state(&next));
+    if config_file {
+        restored = config_file::restore(&mut next, &ctx.disabled_objects()?);
+        problems.extend(config_file::after_plan(&mut next, &mut disabled));
+    } else {
+        problems.extend(validate_state(&next));
+    }
     problems_to_error(problems)?;
     check_object_quota(caller, &next)?;
     mark_handed_over(caller, daemon_uid, ctx.config(), &next, &mut changes);
-    if dry_run || changes.is_empty() {
+    // Put back only what was not set aside again. One put back where the
+    // file's object was just pruned takes its place: that object's row is
+    // overwritten, not deleted, and what it stored (values, tokens) is
+    // deleted, never inherited.
+    restored.retain(|r| !disabled.iter().any(|d| d.kind == r.kind && d.id == r.id));
+    let mut replaced = Vec::new();
+    changes.retain(|c| {
+        let takes_place =
+            c.action == "delete" && restored.iter().any(|r| r.kind == c.kind && r.id == c.id);
+        if takes_place {
+            replaced.push((c.kind, c.id.clone()));
+        }
+        !takes_place
+    });
+    if dry_run || (changes.is_empty() && disabled.is_empty() && restored.is_empty()) {
         return Ok(changes);
+    }
+    for d in &disabled {
+        ctx.disable_object(d)?;
+        if d.material_deleted {
+            ctx.delete_material(d.kind, &d.id)?;
+            match d.kind {
+                Kind::Scope => {
+                    next.secrets.remove(&d.id);
+                }
+                Kind::Provider => {
+                    next.provider_secrets.remove(&d.id);
+                }
+                _ => {}
+            }
+        }
+        ctx.insert_audit(config_file_record(d, "error", &d.reason))?;
+    }
+    for (kind, id) in &replaced {
+        ctx.delete_material(*kind, id)?;
+        match kind {
+            Kind::Scope => {
+                next.secrets.remove(id);
+            }
+            Kind::Provider => {
+                next.provider_secrets.remove(id);
+            }
+            _ => {}
+        }
+    }
+    for r in &restored {
+        persist_one(ctx, &next, r.kind, &r.id)?;
+        ctx.forget_disabled(r.kind, &r.id)?;
+        ctx.insert_audit(config_file_record(
+            r,
+            "success",
+            "put back: it no longer conflicts with the vault's config file",
+        ))?;
     }
     for change in changes.iter().filter(|c| c.action == "delete") {
         next.remove(change.kind, &change.id);
