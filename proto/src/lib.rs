@@ -16,6 +16,7 @@ use tonic::transport::{Channel, Endpoint, Uri};
 
 pub mod peer;
 pub mod service_env;
+pub mod sockdiag;
 
 /// Generated code of the `mcplexer.v1` package.
 #[allow(missing_docs, clippy::all)]

@@ -112,6 +112,25 @@ impl HttpDownstream {
         Ok(headers)
     }
 
+    /// On a loopback URL, refuses unless the socket listening there is this
+    /// user's or root's: another local user could otherwise listen on the
+    /// port (when it is free, say after the server stopped) and receive
+    /// the injected headers.
+    async fn check_listener(&self) -> Result<(), PostError> {
+        let (Some(host), Some(port)) = (self.url.host_str(), self.url.port_or_known_default())
+        else {
+            return Ok(());
+        };
+        let host = host.to_owned();
+        let me = crate::serve::own_uid();
+        let verdict = tokio::task::spawn_blocking(move || {
+            mcplexer_proto::sockdiag::check_loopback_listener(&host, port, &[me, 0])
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("the listener check failed: {e}")));
+        verdict.map_err(|why| self.failed(format!("the credential was not sent: {why}")))
+    }
+
     /// POSTs one message; for a request, returns its response.
     async fn post(
         &self,
@@ -120,6 +139,9 @@ impl HttpDownstream {
         credential: Option<&Released>,
         timeout: Duration,
     ) -> Result<Option<Value>, PostError> {
+        if credential.is_some_and(|c| !c.values.is_empty()) {
+            self.check_listener().await?;
+        }
         let mut headers = self.credential_headers(credential)?;
         headers.insert(
             ACCEPT,

@@ -8,8 +8,8 @@
 //! named by a random `Mcp-Session-Id`.
 //!
 //! Trust: only the proxy's own uid may connect (the kernel's peer
-//! credentials on a Unix socket; the owner of the client's socket in
-//! /proc/net/tcp on loopback TCP). Every request is checked before it is
+//! credentials on a Unix socket; the owner of the client's socket from the
+//! kernel's socket diagnostics on loopback TCP). Every request is checked before it is
 //! read: a present `Origin`
 //! must be a loopback origin (403 otherwise, against DNS rebinding from a
 //! browser), on TCP the `Host` must be loopback too (421), and the session
@@ -357,7 +357,7 @@ async fn end_session(State(served): State<Arc<Served>>, headers: HeaderMap) -> R
 }
 
 /// The proxy's uid.
-fn own_uid() -> u32 {
+pub(crate) fn own_uid() -> u32 {
     // SAFETY: getuid(2) takes no arguments and cannot fail.
     unsafe { libc::getuid() }
 }

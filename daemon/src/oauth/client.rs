@@ -116,6 +116,27 @@ pub struct Metadata {
     pub code_challenge_methods_supported: Option<Vec<String>>,
 }
 
+/// On a loopback endpoint, refuses unless the socket listening there is the
+/// vault's own user's or root's: any local user may listen on a free
+/// loopback port, and what goes to a token endpoint (the client secret, a
+/// code, a refresh token) must not reach them.
+async fn check_listener(url: &str) -> Result<(), OAuthError> {
+    let Ok(parsed) = url::Url::parse(url) else {
+        return Ok(());
+    };
+    let (Some(host), Some(port)) = (parsed.host_str(), parsed.port_or_known_default()) else {
+        return Ok(());
+    };
+    let host = host.to_owned();
+    let allowed = [nix::unistd::geteuid().as_raw(), 0];
+    tokio::task::spawn_blocking(move || {
+        mcplexer_proto::sockdiag::check_loopback_listener(&host, port, &allowed)
+    })
+    .await
+    .unwrap_or_else(|e| Err(format!("the listener check failed: {e}")))
+    .map_err(|why| OAuthError::Transient(format!("nothing was sent to the provider: {why}")))
+}
+
 /// The client: one connection pool for every provider.
 pub struct OAuthHttp {
     http: reqwest::Client,
@@ -159,6 +180,7 @@ impl OAuthHttp {
         url: &str,
         mut params: Params,
     ) -> Result<(reqwest::StatusCode, Option<BTreeMap<String, Value>>), OAuthError> {
+        check_listener(url).await?;
         let mut request = self
             .http
             .post(url)

@@ -844,3 +844,117 @@ route_rules:
     assert_eq!(left.len(), 1, "{left:#?}");
     assert_eq!(left[0].1, "bob-on-cfg");
 }
+
+/// A TCP listener on a free loopback port, held by `(uid, gid)`: a user
+/// squatting the port of a local server. [`Squatter::connections`] says
+/// how many connections reached it, without waiting for any.
+struct Squatter {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+    port: u16,
+}
+
+impl Squatter {
+    fn start((uid, gid): (u32, u32)) -> Self {
+        let script = "import socket, sys
+s = socket.socket()
+s.bind(('127.0.0.1', 0))
+s.listen(64)
+print(s.getsockname()[1], flush=True)
+sys.stdin.read()
+s.setblocking(False)
+n = 0
+while True:
+    try:
+        s.accept()
+        n += 1
+    except BlockingIOError:
+        break
+print(n, flush=True)
+";
+        let mut child = Command::new("setpriv")
+            .arg(format!("--reuid={uid}"))
+            .arg(format!("--regid={gid}"))
+            .arg("--clear-groups")
+            .arg(mcplexer_tests::peers::python())
+            .args(["-c", script])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn the squatter");
+        let stdin = child.stdin.take();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        let port = line
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("squatter said {line:?}"));
+        Self {
+            child,
+            stdin,
+            stdout,
+            port,
+        }
+    }
+
+    /// Connections queued so far (the squatter stops listening).
+    fn connections(mut self) -> usize {
+        drop(self.stdin.take());
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        let _ = self.child.wait();
+        line.trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("squatter said {line:?}"))
+    }
+}
+
+#[test]
+fn no_credential_goes_to_another_users_listener_on_loopback() {
+    let vault = vault();
+    let squatter = Squatter::start(MALLORY);
+    let (uid, gid) = BOB;
+    let doc = format!(
+        "auth_scopes:
+  - {{id: bob-env, name: Bob env, type: env}}
+  - {{id: bob-hdr, name: Bob header, type: header}}
+downstream_servers:
+  - {{id: local-api, name: Local API, transport: http, url: \"http://127.0.0.1:{}/mcp\", tool_namespace: api}}
+route_rules:
+  - {{id: bob-api, name: Bob API, tool_match: [\"api__*\"], downstream_server_id: local-api, auth_scope_id: bob-hdr}}\n",
+        squatter.port
+    );
+    vault
+        .ctl_as(uid, gid, ["apply", "-f", "-"], Some(doc.as_bytes()))
+        .ok();
+    vault
+        .ctl_as(
+            uid,
+            gid,
+            ["secret", "set", "bob-hdr", "Authorization"],
+            Some(b"Bearer bob-secret\n"),
+        )
+        .ok();
+    let results = crate::proxy::through_proxy(
+        &vault,
+        Some(BOB),
+        serde_json::json!([{"op": "list_tools"}, {"op": "call", "name": "api__echo", "arguments": {"message": "x"}}]),
+    );
+    let tools = results[0]["tools"].as_array().unwrap();
+    assert!(
+        !tools
+            .iter()
+            .any(|t| t.as_str().is_some_and(|t| t.starts_with("api__"))),
+        "{tools:?}"
+    );
+    let error = results[1].to_string();
+    assert!(error.contains("belongs to uid 47201"), "{error}");
+    assert_eq!(
+        squatter.connections(),
+        0,
+        "a connection reached the squatter"
+    );
+    assert_bob_served(&vault);
+}
