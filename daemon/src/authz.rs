@@ -441,6 +441,7 @@ impl Authorizer {
             }
             _ => return Err(VaultError::not_found("route_rule", rule, "route")),
         };
+        let short = crate::model::short;
         let mismatch = |what: String| {
             VaultError::denied(format!(
                 "route_rule {rule} {what}; its credential is not released for this request"
@@ -458,7 +459,7 @@ impl Authorizer {
         if route.downstream_server_id != req.downstream_server_id {
             return Err(mismatch(format!(
                 "does not send to downstream_server {}",
-                req.downstream_server_id
+                short(&req.downstream_server_id)
             )));
         }
         if !req.tool.is_empty() {
@@ -468,7 +469,10 @@ impl Authorizer {
                 .get(rule)
                 .is_some_and(|set| set.is_match(&req.tool))
             {
-                return Err(mismatch(format!("does not match tool {:?}", req.tool)));
+                return Err(mismatch(format!(
+                    "does not match tool {:?}",
+                    short(&req.tool)
+                )));
             }
         }
         let scope_owner = config

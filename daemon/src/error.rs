@@ -120,7 +120,9 @@ impl VaultError {
     /// A not-found error for `kind` `id`, with the command that lists them.
     pub fn not_found(kind: &str, id: &str, list_cmd: &str) -> Self {
         Self::NotFound {
-            message: format!("{kind} {id:?} does not exist"),
+            // A peer's id at most 64 characters long: a 4 MiB id never
+            // comes back whole.
+            message: format!("{kind} {:?} does not exist", crate::model::short(id)),
             fix: Some(format!("mcplexerctl {list_cmd} list")),
         }
     }

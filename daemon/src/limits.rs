@@ -208,16 +208,16 @@ pub struct InFlight<S> {
 
 /// Releases a uid's permit (and forgets the uid when idle) when dropped.
 struct InFlightPermit {
-    _permit: OwnedSemaphorePermit,
+    permit: Option<OwnedSemaphorePermit>,
     per_uid: Arc<PerUid>,
     uid: u32,
 }
 
 impl Drop for InFlightPermit {
     fn drop(&mut self) {
-        // The permit itself is released after this body; the map entry
-        // still counts this semaphore's Arc, so it stays until the next
-        // idle check.
+        // The permit (and its hold on the semaphore) first, so that an
+        // idle uid's entry is seen as idle.
+        drop(self.permit.take());
         self.per_uid.forget_idle(self.uid);
     }
 }
@@ -254,7 +254,7 @@ where
                     let semaphore = per_uid.get(uid);
                     match semaphore.acquire_owned().await {
                         Ok(permit) => Some(InFlightPermit {
-                            _permit: permit,
+                            permit: Some(permit),
                             per_uid,
                             uid,
                         }),
@@ -314,31 +314,52 @@ impl Streams {
     where
         S: Stream + Send + 'static,
     {
+        let ticket = self.reserve(caller, what)?;
+        Ok(self.wrap(ticket, stream))
+    }
+
+    /// Takes a place for a stream of `caller`'s, before any work is done
+    /// for it: refused (RESOURCE_EXHAUSTED) when a user already holds its
+    /// share.
+    pub fn reserve(&self, caller: &Caller, what: &str) -> Result<StreamTicket> {
         let uid = caller.uid();
-        let ticket = {
-            let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-            let held = open.entry(uid).or_insert(0);
-            if !caller.is_admin() && *held >= self.per_user {
-                return Err(VaultError::limit(format!(
-                    "uid {uid} already has {held} {what} streams open; the limit is {} per user (close some clients)",
-                    self.per_user
-                )));
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let held = open.entry(uid).or_insert(0);
+        if !caller.is_admin() && *held >= self.per_user {
+            let message = format!(
+                "uid {uid} already has {held} {what} streams open; the limit is {} per user (close some clients)",
+                self.per_user
+            );
+            if *held == 0 {
+                open.remove(&uid);
             }
-            *held += 1;
-            StreamTicket {
-                open: self.open.clone(),
-                uid,
-            }
-        };
+            return Err(VaultError::limit(message));
+        }
+        *held += 1;
+        Ok(StreamTicket {
+            open: self.open.clone(),
+            uid,
+        })
+    }
+
+    /// `stream`, holding `ticket` while it lasts and ending at shutdown.
+    pub fn wrap<S>(
+        &self,
+        ticket: StreamTicket,
+        stream: S,
+    ) -> impl Stream<Item = S::Item> + Send + use<S>
+    where
+        S: Stream + Send + 'static,
+    {
         let mut shutdown = self.shutdown.clone();
-        Ok(UntilStop {
+        UntilStop {
             inner: Box::pin(stream),
             stop: Box::pin(async move {
                 let _ = shutdown.wait_for(|stopping| *stopping).await;
             }),
             done: false,
             _ticket: ticket,
-        })
+        }
     }
 }
 

@@ -63,11 +63,15 @@ pub fn connection(local: SocketAddr, remote: SocketAddr) -> io::Result<Option<So
     Ok(ask(&request)?.into_iter().next())
 }
 
-/// Every TCP socket listening on `port`, IPv4 and IPv6.
+/// Every TCP socket listening on `port`, IPv4 and IPv6. The kernel
+/// filters listeners by the source port of the request, so the answer
+/// holds only those.
 pub fn listeners(port: u16) -> io::Result<Vec<Socket>> {
     let mut out = Vec::new();
+    let on_port = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port);
+    let anywhere = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0);
     for v4 in [true, false] {
-        let request = request(v4, 1 << state::LISTEN, None, true);
+        let request = request(v4, 1 << state::LISTEN, Some((on_port, anywhere)), true);
         out.extend(
             ask(&request)?
                 .into_iter()
@@ -159,7 +163,8 @@ fn canonical(addr: SocketAddr) -> SocketAddr {
 }
 
 /// A SOCK_DIAG_BY_FAMILY request for TCP: a dump of the sockets in
-/// `states`, or the one socket with `ends` (local, remote).
+/// `states` (listeners only on the local port of `ends`, if given), or the
+/// one socket with `ends` (local, remote).
 fn request(v4: bool, states: u32, ends: Option<(SocketAddr, SocketAddr)>, dump: bool) -> Vec<u8> {
     let mut msg = Vec::with_capacity(NLMSG_HDRLEN + 56);
     let len = (NLMSG_HDRLEN + 56) as u32;
@@ -171,7 +176,8 @@ fn request(v4: bool, states: u32, ends: Option<(SocketAddr, SocketAddr)>, dump: 
     msg.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel's
     let family = if v4 { libc::AF_INET } else { libc::AF_INET6 } as u8;
     msg.extend_from_slice(&[family, libc::IPPROTO_TCP as u8, 0, 0]);
-    let states = if ends.is_some() { u32::MAX } else { states };
+    // An exact lookup finds its socket in whatever state.
+    let states = if dump { states } else { u32::MAX };
     msg.extend_from_slice(&states.to_ne_bytes());
     let (local, remote) = ends.unwrap_or((
         SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),

@@ -74,13 +74,23 @@ struct Session {
     gateway: Arc<Gateway>,
     /// The proxy's notifications for this client; held by its open stream.
     notes: Arc<Mutex<mpsc::Receiver<Value>>>,
+    /// When it began: the oldest session makes room for a new one past
+    /// [`MAX_SESSIONS`].
+    began: std::time::Instant,
 }
+
+/// Sessions kept at once. Each holds its own downstream children, so a
+/// client that never ends its sessions (a new one per run) would otherwise
+/// pile them up; past the cap, the oldest session is ended.
+const MAX_SESSIONS: usize = 32;
 
 struct Served {
     vault: Arc<VaultLink>,
     cwd: PathBuf,
     log_full: bool,
     tcp: bool,
+    /// The TCP port listened on: a present `Origin` must name it.
+    port: Option<u16>,
     sessions: Mutex<HashMap<String, Arc<Session>>>,
 }
 
@@ -108,7 +118,9 @@ fn error(status: StatusCode, message: &str) -> Response {
 /// A refusal: the status and the message of its JSON-RPC error body.
 type Refusal = (StatusCode, &'static str);
 
-/// Checks Origin, Host and the protocol version header.
+/// Checks Origin, Host and the protocol version header. A present
+/// `Origin` must be this listener's own (a loopback host and, on TCP, its
+/// port): a page served from another local port is another origin.
 fn check(served: &Served, headers: &HeaderMap) -> Result<(), Refusal> {
     if let Some(origin) = headers.get(header::ORIGIN) {
         let origin = origin.to_str().unwrap_or_default();
@@ -116,7 +128,11 @@ fn check(served: &Served, headers: &HeaderMap) -> Result<(), Refusal> {
             .strip_prefix("http://")
             .or_else(|| origin.strip_prefix("https://"))
             .unwrap_or_default();
-        if !is_loopback_host(host) {
+        let port_ok = served.port.is_none_or(|port| {
+            host.rsplit_once(':')
+                .is_some_and(|(_, p)| p.parse::<u16>().ok() == Some(port))
+        });
+        if !is_loopback_host(host) || !port_ok {
             return Err((StatusCode::FORBIDDEN, "Origin not allowed"));
         }
     }
@@ -175,6 +191,17 @@ async fn post_message(
     if body.len() > MAX_BODY {
         return error(StatusCode::PAYLOAD_TOO_LARGE, "message too large");
     }
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    if !json {
+        return error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "POST a JSON-RPC message with Content-Type: application/json",
+        );
+    }
     let message: Value = match serde_json::from_slice(&body) {
         Ok(Value::Object(map)) => Value::Object(map),
         Ok(_) => {
@@ -224,12 +251,28 @@ async fn post_message(
                 tx,
             ),
             notes: Arc::new(Mutex::new(rx)),
+            began: std::time::Instant::now(),
         });
-        served
-            .sessions
-            .lock()
-            .await
-            .insert(id.clone(), session.clone());
+        let evicted = {
+            let mut sessions = served.sessions.lock().await;
+            let oldest = (sessions.len() >= MAX_SESSIONS)
+                .then(|| {
+                    sessions
+                        .iter()
+                        .min_by_key(|(_, s)| s.began)
+                        .map(|(id, _)| id.clone())
+                })
+                .flatten();
+            sessions.insert(id.clone(), session.clone());
+            oldest.and_then(|old| sessions.remove(&old))
+        };
+        if let Some(old) = evicted {
+            tracing::info!(
+                max = MAX_SESSIONS,
+                "ending the oldest session to make room for a new one"
+            );
+            tokio::spawn(async move { old.gateway.shutdown().await });
+        }
         (id, session)
     } else {
         match session_of(&served, &headers).await {
@@ -478,6 +521,10 @@ pub async fn run(
         cwd,
         log_full,
         tcp: matches!(bound, Bound::Tcp(_)),
+        port: match &bound {
+            Bound::Tcp(listener) => listener.local_addr().ok().map(|a| a.port()),
+            Bound::Unix(..) => None,
+        },
         sessions: Mutex::new(HashMap::new()),
     });
     let app = Router::new()

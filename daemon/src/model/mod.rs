@@ -21,7 +21,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 pub use validate::{
     Normalize, Problem, check_glob, derive_id, is_env_name, is_header_name, normalize_all,
-    normalize_one, state_problems, transport_compatible, validate_state,
+    normalize_one, short, state_problems, transport_compatible, validate_state,
 };
 
 /// The id of the built-in workspace whose root is `/`.

@@ -272,6 +272,12 @@ impl OAuthHttp {
             format!("{origin}/.well-known/oauth-authorization-server{path}"),
             format!("{origin}{path}/.well-known/openid-configuration"),
         ];
+        // What a loopback issuer's metadata names becomes the provider's
+        // endpoints: it must come from the vault's own user's or root's
+        // listener, as the token requests must.
+        check_listener(issuer)
+            .await
+            .map_err(|e| format!("issuer {issuer:?}: {e}"))?;
         let mut failures = Vec::new();
         for url in candidates {
             let response = match self

@@ -23,6 +23,10 @@ use crate::model::{
 /// An object set aside, as stored in `disabled_objects`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Disabled {
+    /// Its row, once stored.
+    pub seq: Option<i64>,
+    /// A route's pin (see `model::server_pin`), kept while it is aside.
+    pub pin: Option<String>,
     /// Its kind.
     pub kind: Kind,
     /// Its id.
@@ -68,6 +72,8 @@ fn take(state: &mut ConfigState, kind: Kind, id: &str, reason: &str) -> Option<D
         }
         let obj = map.remove(id)?;
         Some(Disabled {
+            seq: None,
+            pin: None,
             kind,
             id: id.to_owned(),
             spec: serde_json::to_string(&obj.spec).ok()?,
@@ -79,7 +85,10 @@ fn take(state: &mut ConfigState, kind: Kind, id: &str, reason: &str) -> Option<D
             material_deleted: false,
         })
     }
-    match kind {
+    let pin = (kind == Kind::Route)
+        .then(|| state.pins.get(id).cloned())
+        .flatten();
+    let taken = match kind {
         Kind::Scope => take_from(&mut state.scopes, kind, id, reason, |s| {
             owner_uid(s.owner.as_ref())
         }),
@@ -95,7 +104,8 @@ fn take(state: &mut ConfigState, kind: Kind, id: &str, reason: &str) -> Option<D
         Kind::Route => take_from(&mut state.routes, kind, id, reason, |s| {
             owner_uid(s.owner.as_ref())
         }),
-    }
+    };
+    taken.map(|d| Disabled { pin, ..d })
 }
 
 /// Puts a disabled object back into `state` if its id is free; whether it
@@ -121,13 +131,22 @@ fn put_back(state: &mut ConfigState, d: &Disabled) -> bool {
         );
         true
     }
-    match d.kind {
+    let put = match d.kind {
         Kind::Scope => put::<ScopeSpec>(&mut state.scopes, d),
         Kind::Provider => put::<ProviderSpec>(&mut state.providers, d),
         Kind::Server => put::<ServerSpec>(&mut state.servers, d),
         Kind::Workspace => put::<WorkspaceSpec>(&mut state.workspaces, d),
         Kind::Route => put::<RouteSpec>(&mut state.routes, d),
+    };
+    if put && d.kind == Kind::Route {
+        // Its own pin, or none (then it releases nothing of a user's scope
+        // to a system server until confirmed): never another route's.
+        match &d.pin {
+            Some(pin) => state.pins.insert(d.id.clone(), pin.clone()),
+            None => state.pins.remove(&d.id),
+        };
     }
+    put
 }
 
 /// The ids `doc` defines, by kind.
@@ -183,9 +202,15 @@ pub(super) fn restore(next: &mut ConfigState, stored: &[Disabled]) -> Vec<Disabl
 /// What the start-up apply does after planning: while the configuration has
 /// problems, sets aside a non-config object each problem involves (a
 /// server whose tool namespace the file's server uses, a route whose
-/// server or scope the file dropped, ...). Returns the problems left, which
-/// involve the file's objects only.
-pub(super) fn after_plan(next: &mut ConfigState, disabled: &mut Vec<Disabled>) -> Vec<String> {
+/// server or scope the file dropped, ...), one just put back first, so a
+/// live object never makes way for one that was aside. Returns the
+/// problems left, which involve the file's objects only.
+pub(super) fn after_plan(
+    next: &mut ConfigState,
+    restored: &[Disabled],
+    disabled: &mut Vec<Disabled>,
+) -> Vec<String> {
+    let restored_as = |kind: Kind, id: &str| restored.iter().find(|r| r.kind == kind && r.id == id);
     loop {
         let problems = state_problems(next);
         if problems.is_empty() {
@@ -193,12 +218,18 @@ pub(super) fn after_plan(next: &mut ConfigState, disabled: &mut Vec<Disabled>) -
         }
         let mut moved = false;
         for problem in &problems {
-            for (kind, id) in &problem.involves {
+            let mut order: Vec<&(Kind, String)> = problem.involves.iter().collect();
+            order.sort_by_key(|(kind, id)| restored_as(*kind, id).is_none());
+            for (kind, id) in order {
                 let reason = format!(
                     "it conflicts with the vault's config file: {}",
                     problem.message
                 );
-                if let Some(d) = take(next, *kind, id, &reason) {
+                if let Some(mut d) = take(next, *kind, id, &reason) {
+                    if let Some(was) = restored_as(*kind, id) {
+                        d.seq = was.seq;
+                        d.pin = was.pin.clone();
+                    }
                     disabled.push(d);
                     moved = true;
                     break;
@@ -214,8 +245,8 @@ pub(super) fn after_plan(next: &mut ConfigState, disabled: &mut Vec<Disabled>) -
 /// The rows of `disabled_objects`, oldest first.
 pub fn read(conn: &rusqlite::Connection) -> Result<Vec<Disabled>> {
     let mut stmt = conn.prepare(
-        "SELECT kind, id, spec, source, applied_by, owner, reason, disabled_ms
-         FROM disabled_objects ORDER BY disabled_ms, kind, id",
+        "SELECT kind, id, spec, source, applied_by, owner, reason, disabled_ms, seq, pin
+         FROM disabled_objects ORDER BY seq",
     )?;
     let rows = stmt.query_map([], |r| {
         Ok((
@@ -227,11 +258,13 @@ pub fn read(conn: &rusqlite::Connection) -> Result<Vec<Disabled>> {
             r.get::<_, Option<u32>>(5)?,
             r.get::<_, String>(6)?,
             r.get::<_, i64>(7)?,
+            r.get::<_, i64>(8)?,
+            r.get::<_, Option<String>>(9)?,
         ))
     })?;
     let mut out = Vec::new();
     for row in rows {
-        let (tag, id, spec, source, applied_by, owner, reason, disabled_ms) = row?;
+        let (tag, id, spec, source, applied_by, owner, reason, disabled_ms, seq, pin) = row?;
         let bad = |what: &str| VaultError::FailedPrecondition {
             message: format!("disabled object {id} has an unknown {what}"),
             fix: None,
@@ -246,6 +279,8 @@ pub fn read(conn: &rusqlite::Connection) -> Result<Vec<Disabled>> {
             reason,
             disabled_ms,
             material_deleted: false,
+            seq: Some(seq),
+            pin,
         });
     }
     Ok(out)
@@ -308,7 +343,7 @@ mod tests {
             obj(server("file", "shared", None), Source::Yaml, None),
         );
         let mut disabled = Vec::new();
-        let left = after_plan(&mut next, &mut disabled);
+        let left = after_plan(&mut next, &[], &mut disabled);
         assert!(left.is_empty(), "{left:?}");
         let ids: Vec<(Kind, &str)> = disabled.iter().map(|d| (d.kind, d.id.as_str())).collect();
         assert_eq!(ids, [(Kind::Server, "mine"), (Kind::Route, "r")]);
@@ -321,5 +356,40 @@ mod tests {
             assert!(put_back(&mut next, d));
         }
         assert!(state_problems(&next).is_empty());
+    }
+
+    #[test]
+    fn a_route_keeps_its_own_pin_while_aside_and_never_takes_another() {
+        let mut next = ConfigState::default();
+        let route = |owner: u32| {
+            obj(
+                RouteSpec {
+                    id: "r".into(),
+                    name: "r".into(),
+                    tool_match: vec!["*".into()],
+                    downstream_server_id: "s".into(),
+                    owner: Some(OwnerSpec::Uid(owner)),
+                    ..Default::default()
+                },
+                Source::Api,
+                None,
+            )
+        };
+        next.routes.insert("r".into(), route(1000));
+        next.pins.insert("r".into(), "users-pin".into());
+        let aside = take(&mut next, Kind::Route, "r", "why").unwrap_or_else(|| panic!("not taken"));
+        assert_eq!(aside.pin.as_deref(), Some("users-pin"));
+        // The file's route of that id came and went, pinned to its server.
+        next.pins.insert("r".into(), "files-pin".into());
+        assert!(put_back(&mut next, &aside));
+        assert_eq!(next.pins.get("r").map(String::as_str), Some("users-pin"));
+        // A route aside without a pin comes back without one (suspended
+        // where a pin is required), not with the one left at its id.
+        let mut unpinned =
+            take(&mut next, Kind::Route, "r", "why").unwrap_or_else(|| panic!("not taken"));
+        unpinned.pin = None;
+        next.pins.insert("r".into(), "files-pin".into());
+        assert!(put_back(&mut next, &unpinned));
+        assert!(!next.pins.contains_key("r"));
     }
 }

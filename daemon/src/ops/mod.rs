@@ -167,11 +167,15 @@ pub fn create<T: Object>(ctx: &mut WriteCtx<'_>, caller: &Caller, spec: T) -> Re
     let id = spec.id().to_owned();
     if let Some(existing) = T::map(ctx.config()).get(&id) {
         return Err(VaultError::AlreadyExists {
-            message: format!(
-                "{} {id} already exists (source {})",
-                kind.name(),
-                existing.source.as_str()
-            ),
+            message: if sees_details(caller, existing.spec.owner()) {
+                format!(
+                    "{} {id} already exists (source {})",
+                    kind.name(),
+                    existing.source.as_str()
+                )
+            } else {
+                taken(kind, &id)
+            },
         });
     }
     let obj = Obj {
@@ -193,9 +197,28 @@ pub fn create<T: Object>(ctx: &mut WriteCtx<'_>, caller: &Caller, spec: T) -> Re
     Ok(spec)
 }
 
-/// Pins every route that has a server but no pin yet (routes made before
-/// pins were kept) to its server as it is now; how many.
+/// Whether `caller` may learn about an object owned by `owner` beyond its
+/// existence: an admin, or its owner.
+fn sees_details(caller: &Caller, owner: Option<&OwnerSpec>) -> bool {
+    caller.is_admin() || owner.and_then(OwnerSpec::uid) == Some(caller.uid())
+}
+
+/// What a user learns of an id another owner's object holds: that it is
+/// taken, and nothing of whose it is or where it came from.
+fn taken(kind: Kind, id: &str) -> String {
+    format!("{} id {id} is taken; choose another id", kind.name())
+}
+
+/// Pins every route that has a server but no pin (routes made before pins
+/// were kept) to its server as it is now, once in a database's life; how
+/// many. Later, a route without a pin stays without: it is suspended where
+/// a pin is required, never trusted anew at a restart.
 pub fn pin_unpinned(ctx: &mut WriteCtx<'_>) -> Result<usize> {
+    const DONE: &str = "routes_pinned";
+    if ctx.meta(DONE)?.is_some() {
+        return Ok(0);
+    }
+    ctx.set_meta(DONE, "1")?;
     let unpinned: Vec<String> = ctx
         .config()
         .routes
@@ -333,6 +356,13 @@ fn plan_kind<T: Object>(
             applied_by: applier,
         };
         match map.get(id) {
+            Some(existing)
+                if (existing.source != Source::Yaml
+                    || (existing.applied_by != applier && applier.is_some()))
+                    && !sees_details(caller, existing.spec.owner()) =>
+            {
+                problems.push(taken(kind, id))
+            }
             Some(existing) if existing.source != Source::Yaml => problems.push(format!(
                 "{} {id} exists with source {}; apply never changes objects it did not create. Rename it in the document or delete the existing one (mcplexerctl {} delete {id})",
                 kind.name(),
@@ -488,7 +518,7 @@ pub fn apply(
     plan_kind::<RouteSpec>(caller, applier, doc, &mut next, &mut changes, &mut problems);
     if config_file {
         restored = config_file::restore(&mut next, &ctx.disabled_objects()?);
-        problems.extend(config_file::after_plan(&mut next, &mut disabled));
+        problems.extend(config_file::after_plan(&mut next, &restored, &mut disabled));
     } else {
         problems.extend(validate_state(&next));
     }
@@ -528,7 +558,7 @@ pub fn apply(
         }
         ctx.insert_audit(config_file_record(d, "error", &d.reason))?;
     }
-    for (kind, id) in &replaced {
+    for (kind, id) in replaced.iter().filter(|(kind, _)| *kind != Kind::Route) {
         ctx.delete_material(*kind, id)?;
         match kind {
             Kind::Scope => {
@@ -542,7 +572,7 @@ pub fn apply(
     }
     for r in &restored {
         persist_one(ctx, &next, r.kind, &r.id)?;
-        ctx.forget_disabled(r.kind, &r.id)?;
+        ctx.forget_disabled(r)?;
         ctx.insert_audit(config_file_record(
             r,
             "success",

@@ -706,7 +706,7 @@ impl Admin for AdminService {
         let caller = self.0.authorize(&request, "Admin/QueryAudit").await?;
         let filter = audit_filter(&caller, request.into_inner())?;
         self.0.journal.flush().await?;
-        let (records, truncated) = fit_answer(self.0.store.query_audit(filter).await?);
+        let (records, truncated) = self.0.store.query_audit(filter).await?;
         ok(pb::AuditQueryResponse { records, truncated })
     }
 
@@ -719,11 +719,13 @@ impl Admin for AdminService {
     ) -> Reply<Self::FollowAuditStream> {
         let caller = self.0.authorize(&request, "Admin/FollowAudit").await?;
         let filter = audit_filter(&caller, request.into_inner())?;
+        // The place first: a user past its share costs no query.
+        let ticket = self.0.streams.reserve(&caller, "audit tail")?;
         let store = self.0.store.clone();
         // Subscribe before the first query so nothing falls between them.
         let mut feed = store.audit_feed();
         self.0.journal.flush().await?;
-        let backlog = store.query_audit(filter.clone()).await?;
+        let (backlog, _older_left_out) = store.query_audit(filter.clone()).await?;
         let (tx, rx) = tokio::sync::mpsc::channel(256);
         tokio::spawn(async move {
             let mut last = 0;
@@ -741,8 +743,11 @@ impl Admin for AdminService {
                         let mut catch_up = filter.clone();
                         catch_up.after_id = Some(last);
                         catch_up.limit = 10_000;
+                        // At most one answer's worth (the newest of them)
+                        // is caught up; a tail that fell further behind
+                        // skips the rest, which `audit` still shows.
                         match store.query_audit(catch_up).await {
-                            Ok(records) => {
+                            Ok((records, _)) => {
                                 for record in records {
                                     last = record.id;
                                     if tx.send(Ok(record)).await.is_err() {
@@ -768,11 +773,10 @@ impl Admin for AdminService {
                 }
             }
         });
-        let stream = self.0.streams.open(
-            &caller,
-            "audit tail",
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        )?;
+        let stream = self
+            .0
+            .streams
+            .wrap(ticket, tokio_stream::wrappers::ReceiverStream::new(rx));
         ok(Box::pin(stream))
     }
 
@@ -855,29 +859,6 @@ fn for_each_owner_check(caller: &Caller, doc: &Document) -> Result<()> {
 }
 
 /// A query's filter; users only ever see their own records.
-/// What one audit answer may hold: the message limit, less room for
-/// framing and the answer's own fields.
-const AUDIT_ANSWER_BUDGET: usize = mcplexer_proto::MAX_MESSAGE_SIZE - 64 * 1024;
-
-/// Keeps the newest of `records` (oldest first) that fit in one answer;
-/// `true` when older ones were left out.
-fn fit_answer(mut records: Vec<pb::AuditRecord>) -> (Vec<pb::AuditRecord>, bool) {
-    let mut used = 0;
-    let mut keep = 0;
-    for record in records.iter().rev() {
-        // The record, its tag and its length prefix.
-        let size = prost::Message::encoded_len(record) + 8;
-        if used + size > AUDIT_ANSWER_BUDGET {
-            break;
-        }
-        used += size;
-        keep += 1;
-    }
-    let truncated = keep < records.len();
-    records.drain(..records.len() - keep);
-    (records, truncated)
-}
-
 fn audit_filter(caller: &Caller, q: pb::AuditQuery) -> Result<AuditFilter> {
     for (field, text) in [
         ("tool", &q.tool),

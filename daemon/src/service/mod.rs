@@ -91,13 +91,13 @@ impl Shared {
     }
 
     /// Records an admin-side event (a mutation or a refusal). Failure to
-    /// record is logged, never hidden. A user's refusals count against its
-    /// audit quota: past it they are counted into one record a minute
-    /// instead of stored one by one.
+    /// record is logged, never hidden. A user's refusals and failures count
+    /// against its audit quota: past it they are counted into one record a
+    /// minute instead of stored one by one.
     pub async fn audit_admin(&self, peer: &PeerInfo, rpc: &str, status: &str, error: &str) {
         let mut record = admin_record(peer, rpc, status, error);
         let admin = self.authz.caller(peer).is_ok_and(|c| c.is_admin());
-        if status == "denied" && !admin {
+        if status != "success" && !admin {
             let bytes = prost::Message::encoded_len(&record) as u64;
             if let Err(refusal) = self.audit_quota.take(peer.uid, bytes, Instant::now()) {
                 let Some(refused) = refusal.report else {

@@ -263,7 +263,8 @@ impl VaultService {
 
 fn not_granted(scope_id: &str, caller: &Caller) -> VaultError {
     VaultError::denied(format!(
-        "auth_scope {scope_id} does not exist or uid {} is neither its owner nor granted it",
+        "auth_scope {} does not exist or uid {} is neither its owner nor granted it",
+        crate::model::short(scope_id),
         caller.uid()
     ))
 }
@@ -355,8 +356,36 @@ impl Vault for VaultService {
                     }
                     _ => "error",
                 };
-                if let Err(audit_err) = self.audit_release(&caller, &req, status, err.to_string()) {
-                    tracing::error!(error = %audit_err, "cannot record a refused release");
+                // A user's refused releases draw on its audit quota (a
+                // release that goes ahead is always recorded, first).
+                let metered = if caller.is_admin() {
+                    Ok(())
+                } else {
+                    self.shared.audit_quota.take(
+                        caller.uid(),
+                        (crate::limits::AUDIT_NAME * 4 + crate::limits::AUDIT_ERROR) as u64,
+                        std::time::Instant::now(),
+                    )
+                };
+                match metered {
+                    Ok(()) => {
+                        if let Err(audit_err) =
+                            self.audit_release(&caller, &req, status, err.to_string())
+                        {
+                            tracing::error!(error = %audit_err, "cannot record a refused release");
+                        }
+                    }
+                    Err(refusal) => {
+                        if let Some(refused) = refusal.report {
+                            let note = format!(
+                                "{refused} refused releases not recorded one by one: {}",
+                                refusal.message
+                            );
+                            self.shared
+                                .audit_report(&caller.peer, "Vault/GetCredential", &note)
+                                .await;
+                        }
+                    }
                 }
                 Err(err.into())
             }

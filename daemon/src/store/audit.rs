@@ -112,7 +112,7 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<pb::AuditRecord> {
     })
 }
 
-pub(super) fn query(conn: &Connection, f: &AuditFilter) -> Result<Vec<pb::AuditRecord>> {
+pub(super) fn query(conn: &Connection, f: &AuditFilter) -> Result<(Vec<pb::AuditRecord>, bool)> {
     let mut sql = String::from(
         "SELECT id, time_ms, uid, pid, kind, workspace_id, tool, route_rule_id, server_id,
                 scope_id, params, status, latency_ms, error, response, action
@@ -153,13 +153,29 @@ pub(super) fn query(conn: &Connection, f: &AuditFilter) -> Result<Vec<pb::AuditR
         f.limit.min(10_000)
     };
     sql.push_str(&format!(" ORDER BY id DESC LIMIT {limit}"));
-    let mut rows: Vec<pb::AuditRecord> = conn
-        .prepare(&sql)?
-        .query_map(params_from_iter(args), from_row)?
-        .collect::<rusqlite::Result<_>>()?;
-    rows.reverse();
-    Ok(rows)
+    // Newest first, stopping at the answer's budget: what is read is never
+    // more than one answer holds, whatever the limit and the records' size.
+    let mut stmt = conn.prepare(&sql)?;
+    let mut rows = stmt.query(params_from_iter(args))?;
+    let (mut out, mut used, mut truncated) = (Vec::new(), 0usize, false);
+    while let Some(row) = rows.next()? {
+        let record = from_row(row)?;
+        // The record, its tag and its length prefix.
+        let size = prost::Message::encoded_len(&record) + 8;
+        if used + size > ANSWER_BUDGET {
+            truncated = true;
+            break;
+        }
+        used += size;
+        out.push(record);
+    }
+    out.reverse();
+    Ok((out, truncated))
 }
+
+/// What one audit answer may hold: the message limit, less room for
+/// framing and the answer's own fields.
+pub const ANSWER_BUDGET: usize = mcplexer_proto::MAX_MESSAGE_SIZE - 64 * 1024;
 
 pub(super) fn count(conn: &Connection) -> Result<u64> {
     Ok(conn.query_row("SELECT count(*) FROM audit", [], |r| r.get::<_, i64>(0))? as u64)

@@ -122,21 +122,24 @@ impl<'a> WriteCtx<'a> {
         Ok(())
     }
 
-    /// Sets an object aside: its row moves from `objects` to
-    /// `disabled_objects` (replacing an older one of the same kind and id).
+    /// Sets an object aside: a live object's row moves from `objects` to a
+    /// new row of `disabled_objects`; one already aside (put back and set
+    /// aside again in the same apply) keeps its row, with the new reason.
     pub fn disable_object(&mut self, d: &crate::ops::config_file::Disabled) -> Result<()> {
+        if let Some(seq) = d.seq {
+            self.conn
+                .prepare_cached("UPDATE disabled_objects SET reason = ?1 WHERE seq = ?2")?
+                .execute(params![d.reason, seq])?;
+            return Ok(());
+        }
         self.conn
             .prepare_cached("DELETE FROM objects WHERE kind = ?1 AND id = ?2")?
             .execute(params![d.kind.tag(), d.id])?;
         self.conn
             .prepare_cached(
                 "INSERT INTO disabled_objects
-                   (kind, id, spec, source, applied_by, owner, reason, disabled_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-                 ON CONFLICT (kind, id) DO UPDATE SET
-                   spec = excluded.spec, source = excluded.source,
-                   applied_by = excluded.applied_by, owner = excluded.owner,
-                   reason = excluded.reason, disabled_ms = excluded.disabled_ms",
+                   (kind, id, spec, source, applied_by, owner, pin, reason, disabled_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )?
             .execute(params![
                 d.kind.tag(),
@@ -145,17 +148,59 @@ impl<'a> WriteCtx<'a> {
                 d.source.as_str(),
                 d.applied_by,
                 d.owner,
+                d.pin,
                 d.reason,
                 d.disabled_ms
             ])?;
         Ok(())
     }
 
-    /// Forgets a set-aside object (it was put back).
-    pub fn forget_disabled(&mut self, kind: Kind, id: &str) -> Result<()> {
+    /// Forgets a set-aside object that was put back; writes the pin it
+    /// kept (a route's), or none.
+    pub fn forget_disabled(&mut self, d: &crate::ops::config_file::Disabled) -> Result<()> {
+        if let Some(seq) = d.seq {
+            self.conn
+                .prepare_cached("DELETE FROM disabled_objects WHERE seq = ?1")?
+                .execute(params![seq])?;
+        }
+        if d.kind == Kind::Route {
+            match &d.pin {
+                Some(pin) => {
+                    self.conn
+                        .prepare_cached(
+                            "INSERT INTO route_pins (route_id, pin) VALUES (?1, ?2)
+                             ON CONFLICT (route_id) DO UPDATE SET pin = excluded.pin",
+                        )?
+                        .execute(params![d.id, pin])?;
+                }
+                None => {
+                    self.conn
+                        .prepare_cached("DELETE FROM route_pins WHERE route_id = ?1")?
+                        .execute(params![d.id])?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A value of the `meta` table.
+    pub fn meta(&self, key: &str) -> Result<Option<String>> {
+        use rusqlite::OptionalExtension;
+        Ok(self
+            .conn
+            .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
+            .query_row(params![key], |r| r.get(0))
+            .optional()?)
+    }
+
+    /// Sets a value of the `meta` table.
+    pub fn set_meta(&mut self, key: &str, value: &str) -> Result<()> {
         self.conn
-            .prepare_cached("DELETE FROM disabled_objects WHERE kind = ?1 AND id = ?2")?
-            .execute(params![kind.tag(), id])?;
+            .prepare_cached(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            )?
+            .execute(params![key, value])?;
         Ok(())
     }
 
@@ -216,7 +261,8 @@ impl<'a> WriteCtx<'a> {
             .conn
             .prepare_cached(
                 "DELETE FROM oauth_tokens
-                 WHERE scope_id NOT IN (SELECT id FROM objects WHERE kind = ?1)",
+                 WHERE scope_id NOT IN (SELECT id FROM objects WHERE kind = ?1)
+                   AND scope_id NOT IN (SELECT id FROM disabled_objects WHERE kind = ?1)",
             )?
             .execute(params![Kind::Scope.tag()])?)
     }

@@ -279,7 +279,7 @@ mod tests {
         };
         let all = super::super::AuditFilter::default();
         assert_eq!(
-            tools(store.query_audit(all.clone()).await.unwrap()),
+            tools(store.query_audit(all.clone()).await.unwrap().0),
             ["one", "two", "three", "four"]
         );
         assert_eq!(
@@ -291,7 +291,7 @@ mod tests {
 
         journal.append(record(0, "six")).unwrap();
         journal.flush().await.unwrap();
-        let records = store.query_audit(all).await.unwrap();
+        let records = store.query_audit(all).await.unwrap().0;
         assert_eq!(tools(records), ["one", "two", "three", "four", "six"]);
         let seq = store.write(|ctx| ctx.journal_seq()).await.unwrap();
         assert_eq!(seq, 5, "sequence numbers continue after the highest seen");

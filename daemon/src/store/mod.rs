@@ -88,9 +88,12 @@ struct Job {
 #[derive(Clone)]
 pub struct Store {
     jobs: mpsc::Sender<Job>,
-    /// Read-only connection for audit queries and ciphertext reads. WAL lets
+    /// Read-only connection for ciphertext and other short reads. WAL lets
     /// it read while the writer writes.
     reader: Arc<Mutex<Connection>>,
+    /// Read-only connection for audit queries, which can be long: a user's
+    /// query never holds up another's credential read.
+    audit_reader: Arc<Mutex<Connection>>,
     snapshot: watch::Receiver<Arc<Snapshot>>,
     audit_tx: broadcast::Sender<pb::AuditRecord>,
     keyring: Arc<std::sync::RwLock<Arc<Keyring>>>,
@@ -110,11 +113,16 @@ impl Store {
         schema::migrate(&mut conn)?;
         let (keyring, adopted) = schema::check_recipient(&conn, keyring, pending)?;
         let config = ctx::load_config(&conn)?;
-        let reader = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )?;
-        reader.busy_timeout(std::time::Duration::from_secs(10))?;
+        let open_reader = || -> Result<Connection> {
+            let reader = Connection::open_with_flags(
+                path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )?;
+            reader.busy_timeout(std::time::Duration::from_secs(10))?;
+            Ok(reader)
+        };
+        let reader = open_reader()?;
+        let audit_reader = open_reader()?;
 
         let (snap_tx, snap_rx) = watch::channel(Arc::new(Snapshot {
             generation: 1,
@@ -139,6 +147,7 @@ impl Store {
             Self {
                 jobs: jobs_tx,
                 reader: Arc::new(Mutex::new(reader)),
+                audit_reader: Arc::new(Mutex::new(audit_reader)),
                 snapshot: snap_rx,
                 audit_tx,
                 keyring,
@@ -223,9 +232,17 @@ impl Store {
             .clone()
     }
 
-    /// Queries the audit log.
-    pub async fn query_audit(&self, filter: AuditFilter) -> Result<Vec<pb::AuditRecord>> {
-        self.read(move |conn| audit::query(conn, &filter)).await
+    /// Queries the audit log, on the audit reader: the newest matching
+    /// records (oldest first) that fit in one answer, and whether older
+    /// ones within the limit were left out (see [`audit::ANSWER_BUDGET`]).
+    pub async fn query_audit(&self, filter: AuditFilter) -> Result<(Vec<pb::AuditRecord>, bool)> {
+        let reader = self.audit_reader.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = reader.lock().unwrap_or_else(PoisonError::into_inner);
+            audit::query(&conn, &filter)
+        })
+        .await
+        .map_err(|_| VaultError::Unavailable)?
     }
 
     /// Counts audit records.

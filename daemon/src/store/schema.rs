@@ -66,16 +66,19 @@ const MIGRATIONS: &[&str] = &[
      ) STRICT;",
     // 4: objects the config file set aside (its ids and namespaces win over
     // users' objects), kept whole until they fit again.
+    // Rows are not keyed by id: two users' objects of one id may both be
+    // aside, each kept until it fits. A route keeps its pin.
     "CREATE TABLE disabled_objects (
+         seq         INTEGER PRIMARY KEY AUTOINCREMENT,
          kind        TEXT NOT NULL,
          id          TEXT NOT NULL,
          spec        TEXT NOT NULL,
          source      TEXT NOT NULL,
          applied_by  INTEGER,
          owner       INTEGER,
+         pin         TEXT,
          reason      TEXT NOT NULL,
-         disabled_ms INTEGER NOT NULL,
-         PRIMARY KEY (kind, id)
+         disabled_ms INTEGER NOT NULL
      ) STRICT;",
 ];
 

@@ -24,6 +24,11 @@
 //! `vault_code`, `fix`, `pid`). It exits 0 once every request was answered,
 //! whatever the answers (the test reads them), 1 if a connection fails.
 //!
+//! `credential --repeat N` makes the request N times, one after the other
+//! on one connection, and prints `{"count": N, "refused": R, "p50_us": …,
+//! "p99_us": …, "max_us": …, "refusal": ...}`: each request's latency as
+//! this client saw it, and the last refusal (or null).
+//!
 //! `submit-audit --repeat N` submits the record N times, one after the
 //! other on one connection, and prints `{"accepted": A, "refused": R,
 //! "refusal": ...}` with the last refusal (or null); it exits 0 whatever
@@ -70,6 +75,7 @@ enum Command {
     Watch(usize),
     SubmitAudit(AuditRecord),
     SubmitAuditRepeated(AuditRecord, usize),
+    CredentialRepeated(CredentialRequest, usize),
     CompleteAuthorization(CompleteAuthorizationRequest),
 }
 
@@ -166,7 +172,12 @@ fn parse(argv: Vec<String>) -> Result<(PathBuf, Command), Failure> {
     let command = match (command, repeat) {
         (command, None) => command,
         (Command::SubmitAudit(record), Some(n)) => Command::SubmitAuditRepeated(record, n),
-        (_, Some(_)) => return Err(usage("--repeat applies to submit-audit only")),
+        (Command::Credential(request), Some(n)) => Command::CredentialRepeated(request, n),
+        (_, Some(_)) => {
+            return Err(usage(
+                "--repeat applies to credential and submit-audit only",
+            ));
+        }
     };
     let command = match (command, concurrent) {
         (command, None) => command,
@@ -269,6 +280,33 @@ async fn run(socket: PathBuf, command: Command) -> Result<Value, Failure> {
                 }
             }
             Ok(json!({"pid": pid, "opened": streams.len(), "refusals": refusals}))
+        }
+        Command::CredentialRepeated(mut request, n) => {
+            pick_rule(&mut vault, &mut request).await?;
+            let (mut latencies, mut refused, mut refusal) = (Vec::with_capacity(n), 0, Value::Null);
+            for _ in 0..n {
+                let started = std::time::Instant::now();
+                let answer = vault.get_credential(request.clone()).await;
+                latencies.push(started.elapsed().as_micros() as u64);
+                if let Err(status) = answer {
+                    refused += 1;
+                    refusal = refusal_json(&status, pid);
+                }
+            }
+            latencies.sort_unstable();
+            let at = |q: f64| {
+                let i = ((latencies.len() as f64 - 1.0) * q).round() as usize;
+                latencies.get(i).copied().unwrap_or(0)
+            };
+            Ok(json!({
+                "pid": pid,
+                "count": n,
+                "refused": refused,
+                "p50_us": at(0.50),
+                "p99_us": at(0.99),
+                "max_us": latencies.last().copied().unwrap_or(0),
+                "refusal": refusal,
+            }))
         }
         Command::SubmitAuditRepeated(record, n) => {
             let (mut accepted, mut refused, mut refusal) = (0, 0, Value::Null);

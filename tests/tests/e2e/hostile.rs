@@ -682,6 +682,39 @@ fn another_users_server_is_answered_as_missing() {
         "downstream_server \"no-such-server\" does not exist"
     );
     assert_eq!(ask("tools").values()["K"], "v");
+    // Taking the id of BOB's object says only that it is taken.
+    let create = [
+        "server",
+        "create",
+        "--id",
+        "bob-tools",
+        "--name",
+        "x",
+        "--transport",
+        "stdio",
+        "--command",
+        "/bin/true",
+    ];
+    let run = vault.ctl_as(m_uid, m_gid, create, None);
+    assert_eq!(run.code, 4, "{run:#?}");
+    assert!(
+        run.stderr
+            .contains("downstream_server id bob-tools is taken; choose another id"),
+        "{run:#?}"
+    );
+    assert!(
+        !run.stderr.contains("47202") && !run.stderr.contains("source"),
+        "{run:#?}"
+    );
+    let doc = "auth_scopes:\n  - {id: mal-env, name: Mal env, type: env}\ndownstream_servers:\n  - {id: bob-tools, name: x, transport: stdio, command: /bin/true}\n";
+    let run = vault.ctl_as(m_uid, m_gid, ["apply", "-f", "-"], Some(doc.as_bytes()));
+    assert_eq!(run.code, 4, "{run:#?}");
+    assert!(
+        run.stderr
+            .contains("downstream_server id bob-tools is taken"),
+        "{run:#?}"
+    );
+    assert!(!run.stderr.contains("47202"), "{run:#?}");
 }
 
 #[test]

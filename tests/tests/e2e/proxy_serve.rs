@@ -144,6 +144,17 @@ fn foreign_origins_hosts_and_sessions_are_refused() {
         INIT,
     );
     assert!(status.contains(" 403 "), "{status}");
+    // Another local port is another origin (a page another local user
+    // serves, say).
+    let (status, _) = served.raw(
+        "POST",
+        &[json_headers[0], ("Origin", "http://127.0.0.1:1")],
+        INIT,
+    );
+    assert!(status.contains(" 403 "), "{status}");
+    // A form or text POST (what a page may send without asking) is refused.
+    let (status, _) = served.raw("POST", &[("Content-Type", "text/plain")], INIT);
+    assert!(status.contains(" 415 "), "{status}");
     let (status, _) = served.raw(
         "POST",
         &[json_headers[0], ("Host", "evil.example:80")],
