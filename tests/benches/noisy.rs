@@ -109,16 +109,7 @@ impl Noise {
         let _ = hog.stdin.as_mut().map(|s| s.flush());
         let big = format!("{{\"blob\": \"{}\"}}", "z".repeat(20 * 1024));
         let deep = format!("auth_scopes: {}", "[".repeat(200_000));
-        let bomb = {
-            let item = format!("\"{}\"", "x".repeat(500));
-            let base = vec![item.as_str(); 1000].join(", ");
-            let mut doc = format!("x0: &a0 [{base}]\n");
-            for level in 1..4 {
-                let refs = vec![format!("*a{}", level - 1); 100].join(", ");
-                doc.push_str(&format!("x{level}: &a{level} [{refs}]\n"));
-            }
-            doc
-        };
+        let bomb = mcplexer_tests::alias_bomb();
         let probe = |args: Vec<String>| {
             let socket = socket.clone();
             move || {

@@ -332,6 +332,19 @@ impl Drop for Vault {
     }
 }
 
+/// A YAML fragment of half a megabyte whose aliases expand to gigabytes:
+/// each of three levels repeats the previous one a hundred times.
+pub fn alias_bomb() -> String {
+    let item = format!("\"{}\"", "x".repeat(500));
+    let base = vec![item.as_str(); 1000].join(", ");
+    let mut doc = format!("x0: &a0 [{base}]\n");
+    for level in 1..4 {
+        let refs = vec![format!("*a{}", level - 1); 100].join(", ");
+        doc.push_str(&format!("x{level}: &a{level} [{refs}]\n"));
+    }
+    doc
+}
+
 /// Every regular file under `dir`, recursively.
 pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();

@@ -119,23 +119,10 @@ fn assert_all_refused(runs: &[Run], fragment: &str) {
     }
 }
 
-/// Half a megabyte whose aliases expand to gigabytes: each level repeats
-/// the previous one a hundred times.
-fn alias_bomb() -> String {
-    let item = format!("\"{}\"", "x".repeat(500));
-    let base = vec![item.as_str(); 1000].join(", ");
-    let mut doc = format!("auth_scopes: []\nx0: &a0 [{base}]\n");
-    for level in 1..4 {
-        let refs = vec![format!("*a{}", level - 1); 100].join(", ");
-        doc.push_str(&format!("x{level}: &a{level} [{refs}]\n"));
-    }
-    doc
-}
-
 #[test]
 fn an_alias_bomb_is_refused_and_others_are_served() {
     let vault = vault();
-    let doc = alias_bomb();
+    let doc = format!("auth_scopes: []\n{}", mcplexer_tests::alias_bomb());
     assert!(doc.len() < 600 * 1024, "{}", doc.len());
     let runs = while_attacking(&vault, 3, || apply_as_mallory(&vault, &doc));
     assert_all_refused(&runs, "the limit is 16777216 bytes of expanded content");
@@ -565,29 +552,8 @@ fn a_users_route_to_an_admins_server_is_suspended_when_the_server_changes() {
         "bob-env",
     ];
     vault.ctl_as(uid, gid, route, None).ok();
-    let release = || {
-        probe(
-            &vault,
-            Some(BOB),
-            &[
-                "credential",
-                "bob-env",
-                "shared",
-                "stdio",
-                "--rule",
-                "bob-shared",
-                "--tool",
-                "shared__x",
-            ],
-        )
-    };
-    assert_eq!(release().values()["BOB_KEY"], "bob-value");
-    // Another tool than the route's, or a route carrying another scope,
-    // releases nothing.
-    let other_tool = probe(
-        &vault,
-        Some(BOB),
-        &[
+    let release_for = |tool: &str| {
+        let args = [
             "credential",
             "bob-env",
             "shared",
@@ -595,9 +561,14 @@ fn a_users_route_to_an_admins_server_is_suspended_when_the_server_changes() {
             "--rule",
             "bob-shared",
             "--tool",
-            "other__x",
-        ],
-    );
+            tool,
+        ];
+        probe(&vault, Some(BOB), &args)
+    };
+    let release = || release_for("shared__x");
+    assert_eq!(release().values()["BOB_KEY"], "bob-value");
+    // Another tool than the route's releases nothing.
+    let other_tool = release_for("other__x");
     assert!(
         other_tool
             .refused(3, "PermissionDenied")
