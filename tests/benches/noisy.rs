@@ -20,10 +20,13 @@
 //! * releases of its own: `vault-probe credential --concurrent 32`;
 //! * streams past its share: `vault-probe watch 20`.
 //!
-//! Each round measures the quiet client alone, then under the flood. The
+//! Each round measures the quiet client alone, then under the flood, then
+//! (the control) while the same flood hits a second vault on the machine:
+//! what the busy cores cost the quiet client whatever the vault does. The
 //! report gives, per round and as the median over rounds, the quiet
-//! client's p50 and p99 and their ratios noisy/quiet, the quiet client's
-//! refusals (there must be none), and how many iterations each attack ran.
+//! client's p50 and p99 and their ratios to the quiet phase, with the flood
+//! and with the control, the quiet client's refusals (there must be none),
+//! and how many iterations each attack ran on its own vault.
 //!
 //! Run: `cargo build --release --workspace && cargo bench -p mcplexer-tests --bench noisy`.
 //! Environment: `BENCH_OUT=FILE` also writes the report there;
@@ -228,9 +231,8 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn main() {
-    let requests = env_usize("BENCH_REQUESTS", 2000);
-    let rounds = env_usize("BENCH_ROUNDS", 3).max(1);
+/// A vault with root's server `tools` and each user's scope.
+fn set_up() -> Vault {
     let vault = Vault::start_with(VaultOptions {
         client_group: Some(G),
         ..Default::default()
@@ -250,6 +252,17 @@ fn main() {
             )
             .ok();
     }
+    vault
+}
+
+fn main() {
+    let requests = env_usize("BENCH_REQUESTS", 2000);
+    let rounds = env_usize("BENCH_ROUNDS", 3).max(1);
+    let vault = set_up();
+    // The control: the same flood aimed at another vault on the machine.
+    // Against it, the quiet client measures what the machine's busy cores
+    // cost; the difference to the flood on its own vault is the vault's.
+    let elsewhere = set_up();
     measure(&vault, requests / 4); // warm-up
     let mut report = String::new();
     writeln!(
@@ -259,16 +272,27 @@ fn main() {
     .ok();
     writeln!(
         report,
-        "round  quiet p50  quiet p99  noisy p50  noisy p99  p50 ratio  p99 ratio  refused (quiet/noisy)"
+        "round  quiet p50  quiet p99  noisy p50  noisy p99  p50 ratio  p99 ratio  refused (quiet/noisy)  control p50  control p99"
     )
     .ok();
     let (mut r50, mut r99, mut refused_total) = (Vec::new(), Vec::new(), 0);
+    let (mut c50, mut c99) = (Vec::new(), Vec::new());
     let mut iterations: Vec<(&'static str, u64)> = Vec::new();
     for round in 1..=rounds {
         let (q50, q99, qref) = measure(&vault, requests);
         let noise = Noise::start(&vault);
         let (n50, n99, nref) = measure(&vault, requests);
         let ran = noise.stop();
+        let control = Noise::start(&elsewhere);
+        let (k50, k99, kref) = measure(&vault, requests);
+        control.stop();
+        let (ka, kb) = (
+            k50 as f64 / q50.max(1) as f64,
+            k99 as f64 / q99.max(1) as f64,
+        );
+        c50.push(ka);
+        c99.push(kb);
+        refused_total += kref;
         for (name, n) in ran {
             match iterations.iter_mut().find(|(k, _)| *k == name) {
                 Some((_, total)) => *total += n,
@@ -284,7 +308,7 @@ fn main() {
         refused_total += qref + nref;
         writeln!(
             report,
-            "{round:>5}  {q50:>6} µs  {q99:>6} µs  {n50:>6} µs  {n99:>6} µs  {a:>8.2}×  {b:>8.2}×  {qref}/{nref}"
+            "{round:>5}  {q50:>6} µs  {q99:>6} µs  {n50:>6} µs  {n99:>6} µs  {a:>8.2}×  {b:>8.2}×  {qref}/{nref}                  {ka:>8.2}×  {kb:>8.2}×"
         )
         .ok();
     }
@@ -292,6 +316,12 @@ fn main() {
     writeln!(
         report,
         "median ratio noisy/quiet: p50 {m50:.2}×, p99 {m99:.2}× (targets: 2×, 5×)"
+    )
+    .ok();
+    let (k50, k99) = (median(c50), median(c99));
+    writeln!(
+        report,
+        "median ratio with the same flood on another vault (the machine's share): p50 {k50:.2}×, p99 {k99:.2}×"
     )
     .ok();
     writeln!(report, "quiet user's refusals: {refused_total} (target: 0)").ok();
