@@ -330,9 +330,6 @@ impl Streams {
                 "uid {uid} already has {held} {what} streams open; the limit is {} per user (close some clients)",
                 self.per_user
             );
-            if *held == 0 {
-                open.remove(&uid);
-            }
             return Err(VaultError::limit(message));
         }
         *held += 1;

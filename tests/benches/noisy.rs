@@ -238,19 +238,8 @@ fn set_up() -> Vault {
         ..Default::default()
     });
     vault.create_stdio_server("tools", "Tools");
-    for ((uid, gid), scope) in [(QUIET, "quiet-env"), (NOISY, "noisy-env")] {
-        let doc = format!("auth_scopes:\n  - {{id: {scope}, name: {scope}, type: env}}\n");
-        vault
-            .ctl_as(uid, gid, ["apply", "-f", "-"], Some(doc.as_bytes()))
-            .ok();
-        vault
-            .ctl_as(
-                uid,
-                gid,
-                ["secret", "set", scope, "TOKEN"],
-                Some(b"tok-0123456789abcdef\n"),
-            )
-            .ok();
+    for (user, scope) in [(QUIET, "quiet-env"), (NOISY, "noisy-env")] {
+        vault.env_scope_as(user, scope, "TOKEN", "tok-0123456789abcdef");
     }
     vault
 }

@@ -318,6 +318,21 @@ impl Vault {
         .ok();
     }
 
+    /// As `(uid, gid)`: applies an env scope `id` owned by that user and
+    /// stores `value` under `key` in it.
+    pub fn env_scope_as(&self, (uid, gid): (u32, u32), id: &str, key: &str, value: &str) {
+        let doc = format!("auth_scopes:\n  - {{id: {id}, name: {id}, type: env}}\n");
+        self.ctl_as(uid, gid, ["apply", "-f", "-"], Some(doc.as_bytes()))
+            .ok();
+        self.ctl_as(
+            uid,
+            gid,
+            ["secret", "set", id, key],
+            Some(format!("{value}\n").as_bytes()),
+        )
+        .ok();
+    }
+
     /// Writes `text` to a file in the temporary tree; returns its path.
     pub fn write_file(&self, name: &str, text: &str) -> PathBuf {
         let path = self.root.path().join(name);

@@ -46,19 +46,7 @@ fn vault_from(options: VaultOptions) -> Vault {
         ..options
     });
     vault.create_stdio_server("tools", "Tools");
-    let (uid, gid) = BOB;
-    let doc = "auth_scopes:\n  - {id: bob-env, name: Bob env, type: env}\n";
-    vault
-        .ctl_as(uid, gid, ["apply", "-f", "-"], Some(doc.as_bytes()))
-        .ok();
-    vault
-        .ctl_as(
-            uid,
-            gid,
-            ["secret", "set", "bob-env", "BOB_KEY"],
-            Some(b"bob-value\n"),
-        )
-        .ok();
+    vault.env_scope_as(BOB, "bob-env", "BOB_KEY", "bob-value");
     assert_bob_served(&vault);
     vault
 }
@@ -623,18 +611,7 @@ fn another_users_server_is_answered_as_missing() {
         .ctl_as(uid, gid, ["apply", "-f", "-"], Some(doc.as_bytes()))
         .ok();
     let (m_uid, m_gid) = MALLORY;
-    let doc = "auth_scopes:\n  - {id: mal-env, name: Mal env, type: env}\n";
-    vault
-        .ctl_as(m_uid, m_gid, ["apply", "-f", "-"], Some(doc.as_bytes()))
-        .ok();
-    vault
-        .ctl_as(
-            m_uid,
-            m_gid,
-            ["secret", "set", "mal-env", "K"],
-            Some(b"v\n"),
-        )
-        .ok();
+    vault.env_scope_as(MALLORY, "mal-env", "K", "v");
     let ask = |server: &str| {
         probe(
             &vault,
@@ -677,7 +654,7 @@ fn another_users_server_is_answered_as_missing() {
         !run.stderr.contains("47202") && !run.stderr.contains("source"),
         "{run:#?}"
     );
-    let doc = "auth_scopes:\n  - {id: mal-env, name: Mal env, type: env}\ndownstream_servers:\n  - {id: bob-tools, name: x, transport: stdio, command: /bin/true}\n";
+    let doc = "auth_scopes:\n  - {id: mal-env, name: mal-env, type: env}\ndownstream_servers:\n  - {id: bob-tools, name: x, transport: stdio, command: /bin/true}\n";
     let run = vault.ctl_as(m_uid, m_gid, ["apply", "-f", "-"], Some(doc.as_bytes()));
     assert_eq!(run.code, 4, "{run:#?}");
     assert!(
@@ -780,7 +757,7 @@ fn a_users_objects_never_stop_the_vault_from_starting() {
     let (uid, gid) = BOB;
     // BOB's earlier apply made bob-env: this one keeps it.
     let bobs = "auth_scopes:
-  - {id: bob-env, name: Bob env, type: env}
+  - {id: bob-env, name: bob-env, type: env}
 downstream_servers:
   - {id: taken, name: Taken, transport: stdio, command: /bin/true, tool_namespace: t1}
   - {id: bob-ns, name: Bob ns, transport: stdio, command: /bin/true, tool_namespace: later}
@@ -922,7 +899,7 @@ fn no_credential_goes_to_another_users_listener_on_loopback() {
     let (uid, gid) = BOB;
     let doc = format!(
         "auth_scopes:
-  - {{id: bob-env, name: Bob env, type: env}}
+  - {{id: bob-env, name: bob-env, type: env}}
   - {{id: bob-hdr, name: Bob header, type: header}}
 downstream_servers:
   - {{id: local-api, name: Local API, transport: http, url: \"http://127.0.0.1:{}/mcp\", tool_namespace: api}}
