@@ -17,6 +17,7 @@ use std::ffi::OsStr;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixDatagram;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
@@ -26,6 +27,16 @@ use tonic::transport::Channel;
 
 /// How long a daemon may take to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The packaged vault unit's `LimitNOFILE=`, which a system-mode test
+/// vault runs under.
+fn unit_nofile() -> libc::rlim_t {
+    include_str!("../../packaging/systemd/mcplexer-vaultd.service")
+        .lines()
+        .find_map(|l| l.strip_prefix("LimitNOFILE="))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("the vault unit sets LimitNOFILE= to a number")
+}
 
 /// The directory holding the workspace's built binaries.
 pub fn bin_dir() -> PathBuf {
@@ -65,6 +76,12 @@ pub struct VaultOptions {
     pub client_group: Option<u32>,
     /// `--admin-group GID`.
     pub admin_group: Option<u32>,
+    /// System mode as the packaged unit runs it: started as root with
+    /// `--system --run-as UID:GID`, where GID is the client group (the
+    /// unit's `Group=`, which owns the socket), under the unit's
+    /// `LimitNOFILE`. The state and socket directories are this uid's.
+    /// Without an admin group, root's group is the admin group.
+    pub run_as: Option<u32>,
     /// Extra flags.
     pub extra: Vec<String>,
 }
@@ -142,6 +159,21 @@ impl Vault {
             options,
             child: None,
         };
+        if let Some(uid) = vault.options.run_as {
+            // What the unit's StateDirectory= and RuntimeDirectory= make.
+            std::fs::create_dir(&vault.state_dir).expect("mkdir state");
+            std::fs::set_permissions(&vault.state_dir, std::fs::Permissions::from_mode(0o700))
+                .expect("chmod");
+            let gid = vault.options.client_group.unwrap_or(uid);
+            for dir in [&vault.state_dir, &run] {
+                nix::unistd::chown(
+                    dir,
+                    Some(nix::unistd::Uid::from_raw(uid)),
+                    Some(nix::unistd::Gid::from_raw(gid)),
+                )
+                .expect("chown");
+            }
+        }
         vault.spawn().unwrap_or_else(|e| panic!("{e}"));
         vault
     }
@@ -159,8 +191,35 @@ impl Vault {
     /// The command line the daemon is started with.
     pub fn command(&self) -> Command {
         let mut cmd = Command::new(bin("mcplexer-vaultd"));
-        cmd.arg("--user")
-            .arg("--socket")
+        match self.options.run_as {
+            None => {
+                cmd.arg("--user");
+            }
+            Some(uid) => {
+                let gid = self.options.client_group.unwrap_or(uid);
+                cmd.args(["--system", "--run-as", &format!("{uid}:{gid}")]);
+                if self.options.admin_group.is_none() {
+                    cmd.args(["--admin-group", "0"]);
+                }
+                let nofile = unit_nofile();
+                // SAFETY: setrlimit(2) is async-signal-safe; nothing else
+                // runs between fork and exec.
+                unsafe {
+                    cmd.pre_exec(move || {
+                        let limit = libc::rlimit {
+                            rlim_cur: nofile,
+                            rlim_max: nofile,
+                        };
+                        if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                            Ok(())
+                        } else {
+                            Err(std::io::Error::last_os_error())
+                        }
+                    });
+                }
+            }
+        }
+        cmd.arg("--socket")
             .arg(&self.socket)
             .arg("--state-dir")
             .arg(&self.state_dir);

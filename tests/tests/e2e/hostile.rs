@@ -1,7 +1,9 @@
 //! A hostile member of the client group against everyone else (DESIGN §2:
 //! "one user, however hostile, cannot stop the vault from serving the
-//! others"). Each test runs one class of attack as MALLORY, a real second
-//! uid, and checks both that the attack fails with an error naming the
+//! others"). The vault runs in system mode as the packaged unit runs it:
+//! started as root, dropped to its own uid with the client group as its
+//! group, under the unit's file limit. Each test runs one class of attack
+//! as MALLORY, a real uid in the client group, and checks both that the attack fails with an error naming the
 //! limit and that BOB, another user, is served meanwhile: his `status`
 //! answers and his own credential is released.
 
@@ -9,6 +11,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
@@ -18,8 +21,10 @@ use serde_json::Value;
 
 use crate::probe::probe;
 
-/// The client group: the socket is 0660 root:G.
+/// The client group: the socket is 0660 SERVICE:G.
 const G: u32 = 47201;
+/// The vault's own uid.
+const SERVICE: u32 = 47200;
 /// The attacker.
 const MALLORY: (u32, u32) = (47201, G);
 /// The bystander, who must be served throughout.
@@ -39,12 +44,14 @@ fn vault_with(extra: &[&str]) -> Vault {
     })
 }
 
-/// [`vault`], with these options (and the client group).
+/// [`vault`], with these options (in system mode, with the client group).
 fn vault_from(options: VaultOptions) -> Vault {
     let vault = Vault::start_with(VaultOptions {
         client_group: Some(G),
+        run_as: Some(SERVICE),
         ..options
     });
+    assert_eq!(vault.ctl(["--json", "status"]).json()["mode"], "system");
     vault.create_stdio_server("tools", "Tools");
     vault.env_scope_as(BOB, "bob-env", "BOB_KEY", "bob-value");
     assert_bob_served(&vault);
@@ -745,6 +752,8 @@ fn disabled_of(vault: &Vault, user: Option<(u32, u32)>) -> Vec<(String, String, 
 #[test]
 fn a_users_objects_never_stop_the_vault_from_starting() {
     let dir = tempfile::tempdir().unwrap();
+    // Readable by the vault's uid, as /etc/mcplexer is.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let config = dir.path().join("config.yaml");
     let write = |servers: &str| {
         std::fs::write(&config, format!("downstream_servers:\n{servers}")).unwrap();
