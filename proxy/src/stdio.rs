@@ -53,20 +53,11 @@ pub async fn run(vault: Arc<VaultLink>, cwd: PathBuf, log_full: bool) -> std::io
             stdin.read_until(b'\n', &mut rest).await?;
             continue;
         }
-        if line.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
-        let message = match serde_json::from_slice::<Value>(&line) {
-            Ok(Value::Object(map)) => Value::Object(map),
-            Ok(Value::Array(_)) => {
-                let _ = out_tx.send(error(
-                    -32600,
-                    "batches are not supported; send one message per line",
-                ));
-                continue;
-            }
-            Ok(_) | Err(_) => {
-                let _ = out_tx.send(error(-32700, "parse error: not a JSON-RPC message"));
+        let message = match message_of(&line) {
+            Ok(Some(message)) => message,
+            Ok(None) => continue,
+            Err(answer) => {
+                let _ = out_tx.send(answer);
                 continue;
             }
         };
@@ -88,6 +79,22 @@ pub async fn run(vault: Arc<VaultLink>, cwd: PathBuf, log_full: bool) -> std::io
     drop(out_tx);
     let _ = writer.await;
     Ok(())
+}
+
+/// The message on one line from the client: `None` for a blank line, the
+/// error to answer for anything but one JSON object.
+pub fn message_of(line: &[u8]) -> Result<Option<Value>, Value> {
+    if line.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    match serde_json::from_slice::<Value>(line) {
+        Ok(Value::Object(map)) => Ok(Some(Value::Object(map))),
+        Ok(Value::Array(_)) => Err(error(
+            -32600,
+            "batches are not supported; send one message per line",
+        )),
+        Ok(_) | Err(_) => Err(error(-32700, "parse error: not a JSON-RPC message")),
+    }
 }
 
 /// Standard input. A pipe (what MCP clients give) is read through the
