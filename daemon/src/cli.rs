@@ -61,6 +61,11 @@ pub struct Cli {
     /// preface) before it is closed.
     #[arg(long, value_name = "SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
     pub handshake_timeout_sec: u64,
+    /// Requests a user (not an admin) may start per second, in bursts of as
+    /// many; more wait their turn (a proxy makes two per tool call). Bounds
+    /// the share of the vault's CPU one user can take from the others.
+    #[arg(long, value_name = "N", default_value_t = crate::limits::DEFAULT_USER_REQUEST_RATE, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub user_request_rate: u32,
     /// Audit records a user's proxies may submit per second (bursts of ten
     /// times as many); more are refused, and counted in one record a
     /// minute.

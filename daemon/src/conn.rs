@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
@@ -26,7 +27,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
 
 use crate::authz::PeerInfo;
-use crate::limits::IsAdmin;
+use crate::limits::{IsAdmin, Ration};
 use crate::sys;
 
 /// The length of the HTTP/2 client connection preface.
@@ -261,15 +262,32 @@ impl AsyncWrite for PeerStream {
 }
 
 /// The peer of a freshly accepted connection.
-fn peer_of(stream: &UnixStream) -> io::Result<PeerInfo> {
-    let cred = stream.peer_cred()?;
+fn peer_of(stream: &std::os::unix::net::UnixStream) -> io::Result<PeerInfo> {
+    let cred = nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerCredentials)
+        .map_err(io::Error::from)?;
     Ok(PeerInfo {
         uid: cred.uid(),
         gid: cred.gid(),
-        pid: cred.pid().and_then(|p| u32::try_from(p).ok()).unwrap_or(0),
+        pid: u32::try_from(cred.pid()).unwrap_or(0),
         groups: sys::peer_groups(stream)?,
     })
 }
+
+/// Refused connections the accept loop turns away per second, past a
+/// burst of [`REFUSAL_BURST`]; above that rate it pauses between them. A uid
+/// past its share that reconnects in a loop would otherwise keep a core
+/// busy accepting and closing (about 10 µs each); rationed, that costs at
+/// most a few percent of one. The price is paid by new connections only
+/// while such a flood lasts (they wait in the kernel's queue behind the
+/// flood's); established ones, such as proxies' channels, are not touched,
+/// and a vault that refuses nothing never pauses.
+const REFUSALS_PER_SECOND: u32 = 2000;
+/// See [`REFUSALS_PER_SECOND`].
+const REFUSAL_BURST: u32 = 200;
+/// The shortest pause: the loop sleeps rarely and in whole steps rather
+/// than waking up for every refusal (each wake-up costs more than the
+/// refusal).
+const REFUSAL_PAUSE: Duration = Duration::from_millis(10);
 
 /// A log line that repeats at most once per interval, saying how many
 /// were held back in between.
@@ -316,7 +334,9 @@ fn is_exhaustion(err: &io::Error) -> bool {
 /// server; ends when the server stops taking them.
 ///
 /// A refused connection is closed at once (its peer sees the connection
-/// end) and logged at most every ten seconds per kind. When accept fails
+/// end) and logged at most every ten seconds per kind; refusals are
+/// rationed ([`REFUSALS_PER_SECOND`]). The loop yields to the runtime after
+/// each connection. When accept fails
 /// for lack of descriptors the loop sleeps, doubling from 10 ms to 1 s,
 /// instead of retrying at once: the kernel keeps the pending connections
 /// queued meanwhile.
@@ -324,13 +344,48 @@ pub fn incoming(listener: UnixListener, gate: Arc<Gate>) -> ReceiverStream<io::R
     let (tx, rx) = mpsc::channel(32);
     tokio::spawn(async move {
         const FIRST_BACKOFF: Duration = Duration::from_millis(10);
+        // Accepted as plain sockets: a refused connection is closed without
+        // ever being registered with the runtime's event loop (two epoll
+        // calls and an allocation saved on each, which is what a uid
+        // reconnecting in a loop makes the vault do).
+        let registered = listener.into_std().and_then(|listener| {
+            // SAFETY: the AsyncFd owns the listener, which owns its
+            // descriptor: it stays open and the same until the AsyncFd is
+            // dropped.
+            unsafe { AsyncFd::register_with_interest(listener, tokio::io::Interest::READABLE) }
+                .map_err(io::Error::from)
+        });
+        let listener = match registered {
+            Ok(listener) => listener,
+            Err(err) => {
+                let _ = tx.send(Err(err)).await;
+                return;
+            }
+        };
         let mut backoff = FIRST_BACKOFF;
         let mut refused_log = Throttle::new(Duration::from_secs(10));
+        let mut refusals = Ration::new(
+            REFUSALS_PER_SECOND,
+            REFUSAL_BURST,
+            REFUSAL_PAUSE,
+            Instant::now(),
+        );
         let mut error_log = Throttle::new(Duration::from_secs(10));
         loop {
+            // One connection per turn: a uid opening connections as fast as
+            // it can (refused past its share) must not hold a worker
+            // thread for a burst of accepts while others' requests wait.
+            tokio::task::yield_now().await;
             let accepted = tokio::select! {
                 () = tx.closed() => break,
-                accepted = listener.accept() => accepted,
+                ready = listener.readable() => match ready {
+                    Ok(mut guard) => match guard.try_io(|l| l.get_ref().accept()) {
+                        Ok(accepted) => accepted,
+                        // Not ready after all: wait again.
+                        Err(_would_block) => continue,
+                    },
+                    Err(err) => Err(err),
+                },
             };
             let stream = match accepted {
                 Ok((stream, _)) => {
@@ -381,6 +436,23 @@ pub fn incoming(listener: UnixListener, gate: Arc<Gate>) -> ReceiverStream<io::R
                                 "refused a connection: the vault holds all the connections it keeps room for"
                             ),
                         }
+                    }
+                    // Closed before the pause, so the peer learns at once.
+                    drop(stream);
+                    if let Some(pause) = refusals.take(Instant::now()) {
+                        tokio::time::sleep(pause).await;
+                    }
+                    continue;
+                }
+            };
+            let stream = match stream
+                .set_nonblocking(true)
+                .and_then(|()| UnixStream::from_std(stream))
+            {
+                Ok(stream) => stream,
+                Err(err) => {
+                    if let Some(held_back) = error_log.pass() {
+                        tracing::warn!(error = %err, held_back, "cannot take an accepted connection");
                     }
                     continue;
                 }

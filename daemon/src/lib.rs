@@ -432,7 +432,7 @@ pub async fn run(
         shutdown_signal(service.notifier).await;
         let _ = stop_tx.send(true);
     };
-    let serving = server::serve(listener, shared, limits, signal);
+    let serving = server::serve(listener, shared, limits, cli.user_request_rate, signal);
     tokio::pin!(serving);
     let mut stopping = stop_rx;
     let grace = async move {

@@ -5,8 +5,11 @@
 //!   runs off the async runtime, one job per uid at a time, under a
 //!   deadline.
 //! * [`InFlightLayer`]: a user uid has at most [`USER_IN_FLIGHT`] requests
-//!   being handled at once; more wait their turn behind that uid's own, not
-//!   in front of anyone else's.
+//!   being handled at once, and starts at most its request rate a second
+//!   ([`DEFAULT_USER_REQUEST_RATE`]); more wait their turn behind that uid's
+//!   own, not in front of anyone else's. Without a rate, one user keeping
+//!   its share of requests in flight back to back keeps every worker busy,
+//!   and everyone else's requests wait for a worker.
 //! * [`Streams`]: a user uid holds at most [`USER_STREAMS`] long-lived
 //!   streams (config watches, audit tails), and every stream ends when the
 //!   vault shuts down.
@@ -21,7 +24,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_stream::Stream;
@@ -51,6 +54,18 @@ pub fn cap_text(mut s: String, max: usize) -> String {
 /// Requests one user uid may have in the vault's handlers at once.
 pub const USER_IN_FLIGHT: usize = 32;
 
+/// Requests a user uid may start per second by default, in bursts of as
+/// many (`--user-request-rate`): a proxy makes two per tool call.
+pub const DEFAULT_USER_REQUEST_RATE: u32 = 1000;
+
+/// The shortest pause of a user past its request rate: its requests wait
+/// in steps, not one timer each.
+const RATE_STEP: Duration = Duration::from_millis(5);
+
+/// Per-uid rations forgotten once whole again, checked when the map is
+/// this large.
+const RATES_KEPT: usize = 256;
+
 /// Long-lived streams one user uid may hold open at once.
 pub const USER_STREAMS: usize = 16;
 
@@ -58,7 +73,10 @@ pub const USER_STREAMS: usize = 16;
 pub const PARSE_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Runs blocking jobs for peers: at most one per uid at a time, at most
-/// `total` at a time in all, each under a deadline.
+/// `total` at a time in all, each under a deadline, each on a thread of its
+/// own at the lowest CPU priority (nice 19), so that work a peer can ask
+/// for in bulk (parsing its documents) takes only the CPU that requests
+/// such as releases leave idle.
 ///
 /// A job that passes its deadline is answered with RESOURCE_EXHAUSTED at
 /// once; its thread runs on to the end (blocking work cannot be cancelled)
@@ -100,13 +118,17 @@ impl WorkGate {
             let (Ok(uid_permit), Ok(total_permit)) = (uid_permit, total_permit) else {
                 return Err(VaultError::Unavailable);
             };
-            tokio::task::spawn_blocking(move || {
-                let out = job();
-                drop((uid_permit, total_permit));
-                out
-            })
-            .await
-            .map_err(|_| VaultError::Unavailable)
+            let (done, answer) = tokio::sync::oneshot::channel();
+            std::thread::Builder::new()
+                .name("vault-peer-job".into())
+                .spawn(move || {
+                    lower_this_threads_priority();
+                    let out = job();
+                    drop((uid_permit, total_permit));
+                    let _ = done.send(out);
+                })
+                .map_err(|_| VaultError::Unavailable)?;
+            answer.await.map_err(|_| VaultError::Unavailable)
         })
         .await;
         drop(mine);
@@ -134,6 +156,55 @@ impl WorkGate {
         if map.get(&uid).is_some_and(|s| Arc::strong_count(s) == 1) {
             map.remove(&uid);
         }
+    }
+}
+
+/// Sets the calling thread's nice value to 19, the lowest priority. On
+/// Linux the nice value is per thread. A refusal (a seccomp filter without
+/// setpriority) leaves the thread as it is: the job still runs.
+fn lower_this_threads_priority() {
+    let tid = nix::unistd::gettid().as_raw();
+    // SAFETY: setpriority(2) on this thread's own id; no memory is passed.
+    let set = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 19) };
+    if set != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "cannot lower a peer job's priority");
+    }
+}
+
+/// A rate with a burst, as a theoretical arrival time (GCRA): each event
+/// moves it one interval on; once it is `step` past the burst, the caller
+/// pauses until it is back within the burst. Pausing in steps rather than
+/// per event saves a timer wake-up per event.
+pub struct Ration {
+    interval: Duration,
+    tolerance: Duration,
+    step: Duration,
+    next: Instant,
+}
+
+impl Ration {
+    /// `per_second` events, in bursts of `burst`, pausing in `step`s, from
+    /// `now`.
+    pub fn new(per_second: u32, burst: u32, step: Duration, now: Instant) -> Self {
+        let interval = Duration::from_secs(1) / per_second.max(1);
+        Self {
+            interval,
+            tolerance: interval * burst,
+            step,
+            next: now,
+        }
+    }
+
+    /// Counts an event at `now`; how long to pause after it, if at all.
+    pub fn take(&mut self, now: Instant) -> Option<Duration> {
+        self.next = self.next.max(now) + self.interval;
+        let over = (self.next - now).saturating_sub(self.tolerance);
+        (!over.is_zero() && over >= self.step).then_some(over)
+    }
+
+    /// Whether the ration is whole again at `now` (nothing to remember).
+    fn is_whole(&self, now: Instant) -> bool {
+        self.next <= now
     }
 }
 
@@ -176,16 +247,43 @@ impl PerUid {
 #[derive(Clone)]
 pub struct InFlightLayer {
     per_uid: Arc<PerUid>,
+    rates: Arc<Rates>,
     is_admin: IsAdmin,
 }
 
 impl InFlightLayer {
-    /// A layer letting each user uid have `permits` requests in flight.
-    pub fn new(permits: usize, is_admin: IsAdmin) -> Self {
+    /// A layer letting each user uid have `permits` requests in flight and
+    /// start `rate` a second (in bursts of as many).
+    pub fn new(permits: usize, rate: u32, is_admin: IsAdmin) -> Self {
         Self {
             per_uid: Arc::new(PerUid::new(permits)),
+            rates: Arc::new(Rates {
+                rate,
+                map: Mutex::new(HashMap::new()),
+            }),
             is_admin,
         }
+    }
+}
+
+/// Each user uid's request ration. Kept while not whole (a uid that goes
+/// idle between bursts must not get a fresh burst each time).
+struct Rates {
+    rate: u32,
+    map: Mutex<HashMap<u32, Ration>>,
+}
+
+impl Rates {
+    /// Counts a request of `uid`; how long it waits first, if at all.
+    fn take(&self, uid: u32) -> Option<Duration> {
+        let now = Instant::now();
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= RATES_KEPT {
+            map.retain(|_, ration| !ration.is_whole(now));
+        }
+        map.entry(uid)
+            .or_insert_with(|| Ration::new(self.rate, self.rate, RATE_STEP, now))
+            .take(now)
     }
 }
 
@@ -247,12 +345,13 @@ where
             .filter(|peer| !(self.layer.is_admin)(peer))
             .map(|peer| peer.uid);
         let per_uid = self.layer.per_uid.clone();
+        let rates = self.layer.rates.clone();
         Box::pin(async move {
             let _held = match limited {
                 None => None,
                 Some(uid) => {
                     let semaphore = per_uid.get(uid);
-                    match semaphore.acquire_owned().await {
+                    let held = match semaphore.acquire_owned().await {
                         Ok(permit) => Some(InFlightPermit {
                             permit: Some(permit),
                             per_uid,
@@ -260,7 +359,13 @@ where
                         }),
                         // Never closed; handle it as unlimited.
                         Err(_) => None,
+                    };
+                    // Past its rate, the uid's request waits holding its
+                    // permit, so its other requests wait behind it.
+                    if let Some(pause) = rates.take(uid) {
+                        tokio::time::sleep(pause).await;
                     }
+                    held
                 }
             };
             inner.call(request).await
@@ -496,6 +601,38 @@ mod tests {
     use super::*;
 
     #[test]
+    fn rations_pause_only_past_the_burst_and_at_the_rate() {
+        // 1000 a second (1 ms apart), bursts of 3.
+        let start = Instant::now();
+        let mut ration = Ration::new(1000, 3, Duration::ZERO, start);
+        for _ in 0..3 {
+            assert_eq!(ration.take(start), None);
+        }
+        // The fourth at the same instant waits one interval.
+        assert_eq!(ration.take(start), Some(Duration::from_millis(1)));
+        // After a quiet second the burst is whole again.
+        let later = start + Duration::from_secs(1);
+        for _ in 0..3 {
+            assert_eq!(ration.take(later), None);
+        }
+        assert!(ration.take(later).is_some());
+        // Events spaced at the rate never pause.
+        let mut spaced = Ration::new(1000, 1, Duration::ZERO, start);
+        for ms in 0..100 {
+            assert_eq!(spaced.take(start + Duration::from_millis(ms)), None);
+        }
+        // With a 5 ms step, five events past the burst go through, and the
+        // fifth pauses for all five.
+        let mut stepped = Ration::new(1000, 3, Duration::from_millis(5), start);
+        for _ in 0..7 {
+            assert_eq!(stepped.take(start), None);
+        }
+        assert_eq!(stepped.take(start), Some(Duration::from_millis(5)));
+        // After that pause, at the rate, again none.
+        assert_eq!(stepped.take(start + Duration::from_millis(6)), None);
+    }
+
+    #[test]
     fn audit_records_are_bounded_in_rate_and_bytes_per_uid() {
         let quota = AuditQuota::new(AuditLimits {
             rate: 10.0,
@@ -534,6 +671,27 @@ mod tests {
         // Reported: the two held-back refusals and this one.
         assert_eq!(over.map(|r| r.report), Some(Some(3)));
         assert_eq!(quota.take(1, 1, t2 + DAY), Ok(()));
+    }
+
+    #[test]
+    fn each_user_has_its_own_request_rate_and_idling_does_not_refill_it() {
+        let rates = Rates {
+            rate: 100,
+            map: Mutex::new(HashMap::new()),
+        };
+        // A burst of 100 passes; past it plus a step, requests wait.
+        for _ in 0..100 {
+            assert_eq!(rates.take(1), None);
+        }
+        let waits = (0..10).filter_map(|_| rates.take(1)).count();
+        assert!(waits > 0, "uid 1 never waited");
+        // Another uid has its own burst.
+        assert_eq!(rates.take(2), None);
+        // The spent ration is remembered, even with many other uids seen.
+        for uid in 100..100 + RATES_KEPT as u32 {
+            rates.take(uid);
+        }
+        assert!(rates.take(1).is_some(), "uid 1 got a fresh burst");
     }
 
     #[tokio::test]

@@ -151,6 +151,7 @@ pub async fn serve(
     listener: UnixListener,
     shared: Arc<Shared>,
     limits: conn::Limits,
+    user_request_rate: u32,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
     let admin_check = shared.clone();
@@ -175,7 +176,11 @@ pub async fn serve(
         .concurrency_limit_per_connection(256)
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
-        .layer(InFlightLayer::new(USER_IN_FLIGHT, is_admin))
+        .layer(InFlightLayer::new(
+            USER_IN_FLIGHT,
+            user_request_rate,
+            is_admin,
+        ))
         .add_service(admin)
         .add_service(auth)
         .add_service(vault)

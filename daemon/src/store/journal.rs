@@ -58,15 +58,11 @@ struct Inner {
 #[derive(Clone)]
 pub struct AuditJournal(Arc<Inner>);
 
+/// CRC-32 (IEEE 802.3, the polynomial of zlib and PNG) of `data`, with the
+/// CPU's carry-less multiply where it has one: a 20 KiB record costs about
+/// a microsecond, under the journal's lock.
 fn crc32(data: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &byte in data {
-        crc ^= u32::from(byte);
-        for _ in 0..8 {
-            crc = (crc >> 1) ^ (0xEDB8_8320 & (crc & 1).wrapping_neg());
-        }
-    }
-    !crc
+    crc32fast::hash(data)
 }
 
 fn frame(record: &pb::AuditRecord) -> Vec<u8> {
@@ -300,6 +296,38 @@ mod tests {
     #[test]
     fn crc32_matches_the_standard_check_value() {
         assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
+    }
+
+    /// Journals written before the CPU-accelerated CRC still read: the
+    /// reflected 0xEDB88320 polynomial, bit by bit, agrees on every length
+    /// and alignment.
+    #[test]
+    fn crc32_agrees_with_the_bitwise_definition() {
+        fn bitwise(data: &[u8]) -> u32 {
+            let mut crc = !0u32;
+            for &byte in data {
+                crc ^= u32::from(byte);
+                for _ in 0..8 {
+                    crc = (crc >> 1) ^ (0xEDB8_8320 & (crc & 1).wrapping_neg());
+                }
+            }
+            !crc
+        }
+        let data: Vec<u8> = (0..5000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        for (start, len) in [
+            (0, 0),
+            (0, 1),
+            (1, 7),
+            (3, 64),
+            (5, 1000),
+            (0, 5000),
+            (17, 4096),
+        ] {
+            let slice = &data[start..start + len];
+            assert_eq!(crc32(slice), bitwise(slice), "{start}+{len}");
+        }
     }
 
     #[test]
