@@ -2,23 +2,26 @@
 //! the vault (a "noisy neighbour"), against the same client on the same
 //! vault with nobody else on it, alternating in one run.
 //!
-//! Starts the real `mcplexer-vaultd` (through the test harness, as root,
-//! with a client group, the default limits) with root's stdio server
-//! `tools`, and an env scope of each user. The quiet user (uid 47301) runs
-//! `vault-probe credential --repeat N`: N sequential `Vault/GetCredential`
-//! on one connection, each a real audited release, timed by the client.
-//! The noisy user (uid 47302) runs, all at once and each in a loop until
-//! the quiet client is done:
+//! Starts the real `mcplexer-vaultd` in system mode as the packaged unit
+//! runs it (through the test harness: dropped to its own uid, the client
+//! group as its group, the unit's file limit, the default limits) with
+//! root's stdio server `tools`, and an env scope of each user. The quiet
+//! user (uid 47301) runs `vault-probe credential --repeat N --pace P`: N
+//! `Vault/GetCredential` on one connection, one every P µs (a busy user
+//! within its request rate: by default 500 a second, 250 tool calls), each
+//! a real audited release, timed by the client. The noisy user (uid 47302) runs `noise`, one
+//! process that until the quiet client is done keeps, all at once and each
+//! in a loop (see `tests/src/bin/noise.rs`):
 //!
-//! * connections at its cap: `conn-hog` opening 200 silent connections
-//!   (the vault keeps 128 and closes the rest; the kept ones never send a
-//!   preface, so they are also the slow prefaces);
-//! * audit at its quota: `vault-probe submit-audit --repeat 200` with 20 KiB
-//!   of params each;
-//! * bad YAML: `mcplexerctl apply --dry-run` of a 200,000-deep flow nesting
-//!   and of an alias bomb, in turn;
-//! * releases of its own: `vault-probe credential --concurrent 32`;
-//! * streams past its share: `vault-probe watch 20`.
+//! * connections at its cap: 200 silent connections, each reopened as soon
+//!   as the vault closes it (the vault keeps 128 and refuses the rest; the
+//!   kept ones never send a preface, so they are also the slow prefaces);
+//! * audit at its quota: `SubmitAudit` with 20 KiB of params, back to back;
+//! * bad YAML: `Apply` dry runs of a 200,000-deep flow nesting and of an
+//!   alias bomb, in turn;
+//! * releases of its own, 32 at once (past its request rate, which
+//!   SubmitAudit and Apply count against too);
+//! * streams past its share: 20 watches, dropped, again.
 //!
 //! Each round measures the quiet client alone, then under the flood, then
 //! (the control) while the same flood hits a second vault on the machine:
@@ -31,28 +34,41 @@
 //! Run: `cargo build --release --workspace && cargo bench -p mcplexer-tests --bench noisy`.
 //! Environment: `BENCH_OUT=FILE` also writes the report there;
 //! `BENCH_REQUESTS` (default 2000) the quiet client's requests per phase;
+//! `BENCH_PACE_US` (default 2000) the time from one to the next;
 //! `BENCH_ROUNDS` (default 3).
 
 // A failed set-up step must abort the benchmark, as in the harness.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::fmt::Write as _;
-use std::io::Write as _;
-use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::thread::JoinHandle;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Stdio};
 
 use mcplexer_tests::{Vault, VaultOptions, bin};
 use serde_json::Value;
 
 const G: u32 = 47301;
+/// The vault's own uid.
+const SERVICE: u32 = 47300;
 const QUIET: (u32, u32) = (47301, G);
 const NOISY: (u32, u32) = (47302, G);
 
-/// A command run as `(uid, gid)`, without supplementary groups.
+/// A command run as `(uid, gid)`, without supplementary groups, in `uid`'s
+/// CPU group when there are groups.
 fn as_user((uid, gid): (u32, u32), program: &std::path::Path) -> Command {
-    let mut cmd = Command::new("setpriv");
+    let mut cmd = match groups().map(|g| g.procs(&format!("user-{uid}"))) {
+        Some(procs) => {
+            // Joins the group, then becomes the user's program: the same
+            // process, so everything it does is counted there.
+            let mut cmd = Command::new("sh");
+            cmd.args(["-c", "echo $$ > \"$0\" && exec \"$@\""])
+                .arg(procs)
+                .arg("setpriv");
+            cmd
+        }
+        None => Command::new("setpriv"),
+    };
     cmd.arg(format!("--reuid={uid}"))
         .arg(format!("--regid={gid}"))
         .arg("--clear-groups")
@@ -68,12 +84,13 @@ fn env_usize(name: &str, default: usize) -> usize {
 }
 
 /// The quiet user's client: p50, p99 (µs) and refusals.
-fn measure(vault: &Vault, requests: usize) -> (u64, u64, u64) {
+fn measure(vault: &Vault, requests: usize, pace_us: usize) -> (u64, u64, u64) {
     let out = as_user(QUIET, &bin("vault-probe"))
         .arg("--socket")
         .arg(&vault.socket)
         .args(["credential", "quiet-env", "tools", "stdio", "--rule", ""])
         .args(["--repeat", &requests.to_string()])
+        .args(["--pace", &pace_us.to_string()])
         .stdin(Stdio::null())
         .output()
         .expect("run vault-probe");
@@ -86,143 +103,127 @@ fn measure(vault: &Vault, requests: usize) -> (u64, u64, u64) {
     )
 }
 
-/// One attack: a step the noisy user repeats.
-type Attack = Box<dyn Fn() + Send>;
-
-/// The noisy user's attacks, each in a loop on its own thread.
-struct Noise {
-    stop: Arc<AtomicBool>,
-    threads: Vec<(&'static str, Arc<AtomicU64>, JoinHandle<()>)>,
-    hog: Child,
-}
+/// The noisy user's flood: `noise` on one vault, until stopped (killed if
+/// dropped, so a failed run leaves no flood behind).
+struct Noise(Option<(Child, BufReader<ChildStdout>)>);
 
 impl Noise {
+    /// Starts the flood; returns once it is under way.
     fn start(vault: &Vault) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let socket = vault.socket.clone();
-        let mut hog = as_user(NOISY, &bin("conn-hog"))
+        let mut child = as_user(NOISY, &bin("noise"))
             .arg("--socket")
-            .arg(&socket)
-            .arg("200")
+            .arg(&vault.socket)
+            .args(["--scope", "noisy-env", "--server", "tools"])
             .stdin(Stdio::piped())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .spawn()
-            .expect("spawn conn-hog");
-        // conn-hog holds its connections until its stdin closes.
-        let _ = hog.stdin.as_mut().map(|s| s.flush());
-        let big = format!("{{\"blob\": \"{}\"}}", "z".repeat(20 * 1024));
-        let deep = format!("auth_scopes: {}", "[".repeat(200_000));
-        let bomb = mcplexer_tests::alias_bomb();
-        let probe = |args: Vec<String>| {
-            let socket = socket.clone();
-            move || {
-                as_user(NOISY, &bin("vault-probe"))
-                    .arg("--socket")
-                    .arg(&socket)
-                    .args(&args)
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status()
-                    .map(|_| ())
-                    .unwrap_or(())
-            }
-        };
-        let yaml = |docs: Vec<String>| {
-            let socket = socket.clone();
-            let turn = AtomicU64::new(0);
-            move || {
-                let doc = &docs[turn.fetch_add(1, Ordering::Relaxed) as usize % docs.len()];
-                let child = as_user(NOISY, &bin("mcplexerctl"))
-                    .arg("--socket")
-                    .arg(&socket)
-                    .args(["apply", "--dry-run", "-f", "-"])
-                    .stdin(Stdio::piped())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn();
-                if let Ok(mut child) = child {
-                    if let Some(mut stdin) = child.stdin.take() {
-                        let _ = stdin.write_all(doc.as_bytes());
-                    }
-                    let _ = child.wait();
-                }
-            }
-        };
-        let attacks: Vec<(&'static str, Attack)> = vec![
-            (
-                "audit at its quota (200 records of 20 KiB)",
-                Box::new(probe(
-                    [
-                        "submit-audit",
-                        "--tool",
-                        "noise__x",
-                        "--status",
-                        "success",
-                        "--params",
-                        &big,
-                        "--repeat",
-                        "200",
-                    ]
-                    .map(String::from)
-                    .to_vec(),
-                )),
-            ),
-            (
-                "bad YAML (deep nesting, alias bomb)",
-                Box::new(yaml(vec![deep, bomb])),
-            ),
-            (
-                "its own releases (32 at once)",
-                Box::new(probe(
-                    [
-                        "credential",
-                        "noisy-env",
-                        "tools",
-                        "stdio",
-                        "--rule",
-                        "",
-                        "--concurrent",
-                        "32",
-                    ]
-                    .map(String::from)
-                    .to_vec(),
-                )),
-            ),
-            (
-                "streams past its share (20 watches)",
-                Box::new(probe(["watch", "20"].map(String::from).to_vec())),
-            ),
-        ];
-        let threads = attacks
-            .into_iter()
-            .map(|(name, attack)| {
-                let count = Arc::new(AtomicU64::new(0));
-                let (stop, counter) = (stop.clone(), count.clone());
-                let handle = std::thread::spawn(move || {
-                    while !stop.load(Ordering::SeqCst) {
-                        attack();
-                        counter.fetch_add(1, Ordering::SeqCst);
-                    }
-                });
-                (name, count, handle)
-            })
-            .collect();
-        Self { stop, threads, hog }
+            .expect("spawn noise");
+        let stdout = BufReader::new(child.stdout.take().expect("piped"));
+        let mut noise = Self(Some((child, stdout)));
+        let ready = noise.line();
+        assert_eq!(ready["ready"], true, "noise said {ready}");
+        noise
     }
 
-    /// Stops every attack; how many iterations each ran.
-    fn stop(mut self) -> Vec<(&'static str, u64)> {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = self.hog.kill();
-        let _ = self.hog.wait();
-        self.threads
-            .into_iter()
-            .map(|(name, count, handle)| {
-                let _ = handle.join();
-                (name, count.load(Ordering::SeqCst))
-            })
+    fn line(&mut self) -> Value {
+        let (_, stdout) = self.0.as_mut().expect("running");
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("read noise");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("noise said {line:?}: {e}"))
+    }
+
+    /// Stops the flood; how many iterations each attack ran.
+    fn stop(mut self) -> Vec<(String, u64)> {
+        // It stops at the end of its stdin.
+        drop(self.0.as_mut().expect("running").0.stdin.take());
+        let ran = self.line();
+        if let Some((mut child, _)) = self.0.take() {
+            let _ = child.wait();
+        }
+        ran.as_object()
+            .expect("an object")
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
             .collect()
+    }
+}
+
+impl Drop for Noise {
+    fn drop(&mut self) {
+        if let Some((mut child, _)) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// CPU groups as systemd makes them (its slices): the vault in one, each
+/// user in one of their own, all with the default, equal weight. Within
+/// one group the scheduler shares the CPU between threads, so a user who
+/// runs a busy process competes with the vault's threads one for one;
+/// across groups, the vault keeps its share however many processes a user
+/// runs. Cgroup v1's `cpu` hierarchy or v2 with the `cpu` controller;
+/// `BENCH_SLICES=0` runs without.
+struct Groups {
+    base: PathBuf,
+    made: std::sync::Mutex<Vec<PathBuf>>,
+}
+
+static GROUPS: std::sync::OnceLock<Option<Groups>> = std::sync::OnceLock::new();
+
+fn groups() -> Option<&'static Groups> {
+    GROUPS.get_or_init(Groups::find).as_ref()
+}
+
+impl Groups {
+    fn find() -> Option<Self> {
+        if std::env::var("BENCH_SLICES").is_ok_and(|v| v == "0") {
+            return None;
+        }
+        let v1 = Path::new("/sys/fs/cgroup/cpu");
+        let v2 = Path::new("/sys/fs/cgroup");
+        let base = if v1.join("cgroup.procs").exists() {
+            v1
+        } else if std::fs::read_to_string(v2.join("cgroup.controllers"))
+            .is_ok_and(|c| c.split_whitespace().any(|c| c == "cpu"))
+            && std::fs::write(v2.join("cgroup.subtree_control"), "+cpu").is_ok()
+        {
+            v2
+        } else {
+            return None;
+        };
+        let probe = base.join(format!("mcplexer-noisy-{}-probe", std::process::id()));
+        std::fs::create_dir(&probe).ok()?;
+        let _ = std::fs::remove_dir(&probe);
+        Some(Self {
+            base: base.to_owned(),
+            made: std::sync::Mutex::new(Vec::new()),
+        })
+    }
+
+    /// The `cgroup.procs` file of the group `name`, made on first use.
+    fn procs(&self, name: &str) -> PathBuf {
+        let dir = self
+            .base
+            .join(format!("mcplexer-noisy-{}-{name}", std::process::id()));
+        let mut made = self.made.lock().unwrap();
+        if !made.contains(&dir) {
+            std::fs::create_dir(&dir).expect("create a CPU group");
+            made.push(dir.clone());
+        }
+        dir.join("cgroup.procs")
+    }
+
+    /// Moves process `pid` (all its threads) into the group `name`.
+    fn join(&self, name: &str, pid: u32) {
+        std::fs::write(self.procs(name), pid.to_string()).expect("join a CPU group");
+    }
+
+    /// Removes the groups (each empty once its processes have ended).
+    fn remove(&self) {
+        for dir in self.made.lock().unwrap().drain(..) {
+            let _ = std::fs::remove_dir(&dir);
+        }
     }
 }
 
@@ -231,12 +232,17 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// A vault with root's server `tools` and each user's scope.
-fn set_up() -> Vault {
+/// A vault with root's server `tools` and each user's scope, in the CPU
+/// group `name` when there are groups.
+fn set_up(name: &str) -> Vault {
     let vault = Vault::start_with(VaultOptions {
         client_group: Some(G),
+        run_as: Some(SERVICE),
         ..Default::default()
     });
+    if let Some(groups) = groups() {
+        groups.join(name, vault.pid());
+    }
     vault.create_stdio_server("tools", "Tools");
     for (user, scope) in [(QUIET, "quiet-env"), (NOISY, "noisy-env")] {
         vault.env_scope_as(user, scope, "TOKEN", "tok-0123456789abcdef");
@@ -246,17 +252,28 @@ fn set_up() -> Vault {
 
 fn main() {
     let requests = env_usize("BENCH_REQUESTS", 2000);
+    let pace_us = env_usize("BENCH_PACE_US", 2000);
     let rounds = env_usize("BENCH_ROUNDS", 3).max(1);
-    let vault = set_up();
+    let vault = set_up("vault");
     // The control: the same flood aimed at another vault on the machine.
     // Against it, the quiet client measures what the machine's busy cores
     // cost; the difference to the flood on its own vault is the vault's.
-    let elsewhere = set_up();
-    measure(&vault, requests / 4); // warm-up
+    let elsewhere = set_up("vault-elsewhere");
+    measure(&vault, requests / 4, pace_us); // warm-up
     let mut report = String::new();
     writeln!(
         report,
-        "noisy neighbour: {requests} sequential releases by the quiet user per phase, {rounds} rounds"
+        "noisy neighbour: {requests} releases by the quiet user per phase, one every {pace_us} µs, {rounds} rounds"
+    )
+    .ok();
+    writeln!(
+        report,
+        "CPU groups as systemd's slices (the vault, each user its own, equal weights): {}",
+        if groups().is_some() {
+            "yes"
+        } else {
+            "no (BENCH_SLICES=0, or no cgroup cpu controller)"
+        }
     )
     .ok();
     writeln!(
@@ -266,14 +283,14 @@ fn main() {
     .ok();
     let (mut r50, mut r99, mut refused_total) = (Vec::new(), Vec::new(), 0);
     let (mut c50, mut c99) = (Vec::new(), Vec::new());
-    let mut iterations: Vec<(&'static str, u64)> = Vec::new();
+    let mut iterations: Vec<(String, u64)> = Vec::new();
     for round in 1..=rounds {
-        let (q50, q99, qref) = measure(&vault, requests);
+        let (q50, q99, qref) = measure(&vault, requests, pace_us);
         let noise = Noise::start(&vault);
-        let (n50, n99, nref) = measure(&vault, requests);
+        let (n50, n99, nref) = measure(&vault, requests, pace_us);
         let ran = noise.stop();
         let control = Noise::start(&elsewhere);
-        let (k50, k99, kref) = measure(&vault, requests);
+        let (k50, k99, kref) = measure(&vault, requests, pace_us);
         control.stop();
         let (ka, kb) = (
             k50 as f64 / q50.max(1) as f64,
@@ -321,5 +338,10 @@ fn main() {
     print!("{report}");
     if let Ok(path) = std::env::var("BENCH_OUT") {
         std::fs::write(path, &report).expect("write BENCH_OUT");
+    }
+    // The vaults end (and their groups empty) before the groups go.
+    drop((vault, elsewhere));
+    if let Some(groups) = groups() {
+        groups.remove();
     }
 }

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! vault-probe --socket PATH credential SCOPE SERVER TRANSPORT [--tool T] [--rule R]
-//!     [--concurrent N]
+//!     [--concurrent N | --repeat N [--pace MICROS]]
 //! vault-probe --socket PATH config
 //! vault-probe --socket PATH watch N
 //! vault-probe --socket PATH complete-authorization STATE CODE [--iss ISS]
@@ -24,8 +24,9 @@
 //! `vault_code`, `fix`, `pid`). It exits 0 once every request was answered,
 //! whatever the answers (the test reads them), 1 if a connection fails.
 //!
-//! `credential --repeat N` makes the request N times, one after the other
-//! on one connection, and prints `{"count": N, "refused": R, "p50_us": …,
+//! `credential --repeat N [--pace MICROS]` makes the request N times, one
+//! after the other on one connection (with `--pace`, each starting MICROS
+//! after the one before, or at once when that one took longer), and prints `{"count": N, "refused": R, "p50_us": …,
 //! "p99_us": …, "max_us": …, "refusal": ...}`: each request's latency as
 //! this client saw it, and the last refusal (or null).
 //!
@@ -75,7 +76,8 @@ enum Command {
     Watch(usize),
     SubmitAudit(AuditRecord),
     SubmitAuditRepeated(AuditRecord, usize),
-    CredentialRepeated(CredentialRequest, usize),
+    /// `credential --repeat N [--pace MICROS]`.
+    CredentialRepeated(CredentialRequest, usize, Option<std::time::Duration>),
     CompleteAuthorization(CompleteAuthorizationRequest),
 }
 
@@ -113,6 +115,7 @@ fn parse(argv: Vec<String>) -> Result<(PathBuf, Command), Failure> {
     let mut iss = String::new();
     let mut concurrent = None;
     let mut repeat = None;
+    let mut pace = None;
     let mut args = argv.into_iter();
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -121,6 +124,11 @@ fn parse(argv: Vec<String>) -> Result<(PathBuf, Command), Failure> {
                 n => concurrent = Some(n as usize),
             },
             "--repeat" => repeat = Some(number(&value(&mut args, "--repeat")?)? as usize),
+            "--pace" => {
+                pace = Some(std::time::Duration::from_micros(u64::from(number(
+                    &value(&mut args, "--pace")?,
+                )?)));
+            }
             "--socket" => socket = Some(PathBuf::from(value(&mut args, "--socket")?)),
             "--tool" => tool = value(&mut args, "--tool")?,
             "--rule" => rule = Some(value(&mut args, "--rule")?),
@@ -169,10 +177,13 @@ fn parse(argv: Vec<String>) -> Result<(PathBuf, Command), Failure> {
             ));
         }
     };
+    if pace.is_some() && repeat.is_none() {
+        return Err(usage("--pace applies to --repeat only"));
+    }
     let command = match (command, repeat) {
         (command, None) => command,
         (Command::SubmitAudit(record), Some(n)) => Command::SubmitAuditRepeated(record, n),
-        (Command::Credential(request), Some(n)) => Command::CredentialRepeated(request, n),
+        (Command::Credential(request), Some(n)) => Command::CredentialRepeated(request, n, pace),
         (_, Some(_)) => {
             return Err(usage(
                 "--repeat applies to credential and submit-audit only",
@@ -281,10 +292,14 @@ async fn run(socket: PathBuf, command: Command) -> Result<Value, Failure> {
             }
             Ok(json!({"pid": pid, "opened": streams.len(), "refusals": refusals}))
         }
-        Command::CredentialRepeated(mut request, n) => {
+        Command::CredentialRepeated(mut request, n, pace) => {
             pick_rule(&mut vault, &mut request).await?;
             let (mut latencies, mut refused, mut refusal) = (Vec::with_capacity(n), 0, Value::Null);
-            for _ in 0..n {
+            let first = tokio::time::Instant::now();
+            for i in 0..n {
+                if let Some(pace) = pace {
+                    tokio::time::sleep_until(first + pace * i as u32).await;
+                }
                 let started = std::time::Instant::now();
                 let answer = vault.get_credential(request.clone()).await;
                 latencies.push(started.elapsed().as_micros() as u64);
