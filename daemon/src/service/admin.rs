@@ -19,6 +19,9 @@ use crate::model::{
 use crate::ops::{self, Object};
 use crate::store::{AuditFilter, WriteCtx};
 
+/// Records read per page when an audit tail that fell behind catches up.
+const CATCH_UP_PAGE: u32 = 10_000;
+
 /// The Admin service.
 pub struct AdminService(pub SharedRef);
 
@@ -739,28 +742,35 @@ impl Admin for AdminService {
                 let record = match feed.recv().await {
                     Ok(record) => record,
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                        // Fell behind the live feed: catch up from the log.
+                        // Fell behind the live feed: catch up from the log,
+                        // oldest first, one answer's worth at a time, until
+                        // a page comes back short.
                         let mut catch_up = filter.clone();
-                        catch_up.after_id = Some(last);
-                        catch_up.limit = 10_000;
-                        // At most one answer's worth (the newest of them)
-                        // is caught up; a tail that fell further behind
-                        // skips the rest, which `audit` still shows.
-                        match store.query_audit(catch_up).await {
-                            Ok((records, _)) => {
-                                for record in records {
-                                    last = record.id;
-                                    if tx.send(Ok(record)).await.is_err() {
+                        catch_up.oldest = true;
+                        catch_up.limit = CATCH_UP_PAGE;
+                        loop {
+                            catch_up.after_id = Some(last);
+                            let (records, truncated) =
+                                match store.query_audit(catch_up.clone()).await {
+                                    Ok(page) => page,
+                                    Err(err) => {
+                                        let _ = tx.send(Err(err.into())).await;
                                         return;
                                     }
+                                };
+                            let more = !records.is_empty()
+                                && (truncated || records.len() == CATCH_UP_PAGE as usize);
+                            for record in records {
+                                last = record.id;
+                                if tx.send(Ok(record)).await.is_err() {
+                                    return;
                                 }
-                                continue;
                             }
-                            Err(err) => {
-                                let _ = tx.send(Err(err.into())).await;
-                                return;
+                            if !more {
+                                break;
                             }
                         }
+                        continue;
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                 };
@@ -889,5 +899,6 @@ fn audit_filter(caller: &Caller, q: pb::AuditQuery) -> Result<AuditFilter> {
             Some(caller.uid())
         },
         limit: q.limit,
+        oldest: false,
     })
 }

@@ -24,8 +24,12 @@ pub struct AuditFilter {
     pub kind: Option<String>,
     /// Records of this uid.
     pub uid: Option<u32>,
-    /// At most this many (the newest), returned oldest first.
+    /// At most this many (the newest, or with `oldest` the oldest),
+    /// returned oldest first.
     pub limit: u32,
+    /// The oldest matching records rather than the newest: how a reader
+    /// pages forward through everything after `after_id`.
+    pub oldest: bool,
 }
 
 impl AuditFilter {
@@ -152,9 +156,11 @@ pub(super) fn query(conn: &Connection, f: &AuditFilter) -> Result<(Vec<pb::Audit
     } else {
         f.limit.min(10_000)
     };
-    sql.push_str(&format!(" ORDER BY id DESC LIMIT {limit}"));
-    // Newest first, stopping at the answer's budget: what is read is never
-    // more than one answer holds, whatever the limit and the records' size.
+    let order = if f.oldest { "ASC" } else { "DESC" };
+    sql.push_str(&format!(" ORDER BY id {order} LIMIT {limit}"));
+    // Newest (or oldest) first, stopping at the answer's budget: what is
+    // read is never more than one answer holds, whatever the limit and the
+    // records' size.
     let mut stmt = conn.prepare(&sql)?;
     let mut rows = stmt.query(params_from_iter(args))?;
     let (mut out, mut used, mut truncated) = (Vec::new(), 0usize, false);
@@ -169,7 +175,9 @@ pub(super) fn query(conn: &Connection, f: &AuditFilter) -> Result<(Vec<pb::Audit
         used += size;
         out.push(record);
     }
-    out.reverse();
+    if !f.oldest {
+        out.reverse();
+    }
     Ok((out, truncated))
 }
 

@@ -397,6 +397,55 @@ fn audit_answers_are_paged_to_fit_the_message_limit() {
     );
 }
 
+#[tokio::test]
+async fn an_audit_tail_that_falls_behind_catches_up_on_every_record() {
+    let vault = vault();
+    let mut admin = mcplexer_proto::admin_client(vault.channel().await);
+    let mut tail = admin
+        .follow_audit(mcplexer_proto::v1::AuditQuery {
+            tool: "t__lag".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // Not read while 2000 records of 16 KiB pass: more than the live feed
+    // keeps (1024) and than one answer holds (4 MiB), so the tail must
+    // catch up from the log in several pages.
+    let big = format!("{{\"blob\": \"{}\"}}", "z".repeat(100_000));
+    let sent = tokio::task::spawn_blocking({
+        let big = big.clone();
+        let socket = vault.socket.clone();
+        move || {
+            let out = std::process::Command::new(mcplexer_tests::bin("vault-probe"))
+                .arg("--socket")
+                .arg(&socket)
+                .args(["submit-audit", "--tool", "t__lag", "--status", "success"])
+                .args(["--params", &big, "--repeat", "2000"])
+                .output()
+                .unwrap();
+            serde_json::from_slice::<Value>(&out.stdout).unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(sent["accepted"], 2000, "{sent}");
+    let mut ids = Vec::new();
+    while ids.len() < 2000 {
+        let record = tokio::time::timeout(std::time::Duration::from_secs(60), tail.message())
+            .await
+            .expect("the tail stalled")
+            .unwrap()
+            .expect("the tail ended");
+        ids.push(record.id);
+    }
+    assert!(
+        ids.windows(2).all(|w| w[0] < w[1]),
+        "out of order or repeated"
+    );
+    assert_eq!(ids[1999] - ids[0], 1999, "records were skipped");
+}
+
 /// A stdio server, and a route to all its tools, started through a
 /// wrapper that writes the directory it runs in to `seen`; as JSON (which
 /// is YAML) for one `apply`.
