@@ -302,12 +302,11 @@ impl Authorizer {
             .unwrap_or_else(|| self.is_system_owner(owner))
     }
 
-    /// Whether `caller` may see and use an object owned by `owner`: an
-    /// admin always, a user its own and system-wide ones.
+    /// Whether a proxy of `caller` may follow (run, send a credential to)
+    /// an object owned by `owner`: its own and system-wide ones, admin or
+    /// not (see [`Self::followable`]).
     pub fn may_follow(&self, caller: &Caller, snap: &Snapshot, owner: Option<&OwnerSpec>) -> bool {
-        caller.is_admin()
-            || owner.and_then(OwnerSpec::uid) == Some(caller.uid())
-            || self.is_system(snap, owner)
+        owner.and_then(OwnerSpec::uid) == Some(caller.uid()) || self.is_system(snap, owner)
     }
 
     /// DESIGN §2: a user's servers, workspaces and routes are the user's to
@@ -504,18 +503,25 @@ impl Authorizer {
     }
 
     /// The subset of the configuration `caller` may see (DESIGN §2): admins
-    /// see all; users see their own scopes and the ones granted to them
-    /// (with their providers), and only their own or system-wide servers,
-    /// workspaces and routes. Being granted a scope does not bring in its
-    /// owner's routes or servers: the proxy runs what it is shown, as the
-    /// caller, so anything another user wrote there would run as the caller.
-    /// A route is shown only with its server and workspace, so the proxy
-    /// never holds a route it cannot follow.
+    /// see all, to administer it; users see what [`Self::followable`] gives.
     pub fn visible(&self, caller: &Caller, snap: &Snapshot) -> ConfigState {
-        let config = &snap.config;
         if caller.is_admin() {
-            return (**config).clone();
+            return (*snap.config).clone();
         }
+        self.followable(caller, snap)
+    }
+
+    /// The configuration a proxy of `caller` follows, admin or not: the
+    /// caller's own scopes and the ones granted to it (with their
+    /// providers), and only its own or system-wide servers, workspaces and
+    /// routes. Being granted a scope does not bring in its owner's routes or
+    /// servers, and being an admin does not bring in a user's: the proxy
+    /// runs what it is shown, as the caller, so anything another user wrote
+    /// there would run as the caller (for an admin, a user's command would
+    /// run with the admin's rights). A route is shown only with its server
+    /// and workspace, so the proxy never holds a route it cannot follow.
+    pub fn followable(&self, caller: &Caller, snap: &Snapshot) -> ConfigState {
+        let config = &snap.config;
         let uid = caller.uid();
         // Each owner's standing looked up once (a user database lookup for
         // each uid, not for each object).

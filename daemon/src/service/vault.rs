@@ -276,7 +276,9 @@ impl Vault for VaultService {
     async fn get_config(&self, request: Request<pb::GetConfigRequest>) -> Reply<pb::RoutingConfig> {
         let caller = self.shared.authorize(&request, "Vault/GetConfig").await?;
         let snap = self.shared.store.snapshot();
-        let state = self.shared.authz.visible(&caller, &snap);
+        // What the caller's proxy follows: for an admin too, never a
+        // user's servers and routes.
+        let state = self.shared.authz.followable(&caller, &snap);
         Ok(Response::new(pb::RoutingConfig {
             generation: self.generation(&snap),
             servers: state.servers.values().map(model::server_to_proto).collect(),

@@ -571,6 +571,73 @@ fn an_admin_cannot_route_a_users_scope_nor_make_a_users_objects() {
 }
 
 #[test]
+fn an_admins_proxy_never_follows_a_users_server_or_route() {
+    let vault = vault();
+    let (uid, gid) = BOB;
+    // BOB's own server and a route to every tool: what his proxy runs
+    // (bob-env, from his earlier apply, is kept).
+    let bobs = "auth_scopes:
+  - {id: bob-env, name: bob-env, type: env}
+downstream_servers:
+  - {id: bob-tool, name: Bob tool, transport: stdio, command: /bin/true}
+route_rules:
+  - {id: bob-all, name: Bob all, tool_match: [\"*\"], downstream_server_id: bob-tool}\n";
+    vault
+        .ctl_as(uid, gid, ["apply", "-f", "-"], Some(bobs.as_bytes()))
+        .ok();
+    // BOB's proxy follows them; an admin's (root's) does not: it would run
+    // BOB's command with the admin's rights.
+    let ids = |config: &Value, list: &str| -> Vec<String> {
+        config[list]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let bob = probe(&vault, Some(BOB), &["config"]).json;
+    assert!(
+        ids(&bob, "servers").contains(&"bob-tool".to_owned()),
+        "{bob:#}"
+    );
+    assert!(
+        ids(&bob, "routes").contains(&"bob-all".to_owned()),
+        "{bob:#}"
+    );
+    let admin = probe(&vault, None, &["config"]).json;
+    assert!(
+        !ids(&admin, "servers").contains(&"bob-tool".to_owned()),
+        "{admin:#}"
+    );
+    assert!(
+        !ids(&admin, "routes").contains(&"bob-all".to_owned()),
+        "{admin:#}"
+    );
+    // Root's own server stays.
+    assert!(
+        ids(&admin, "servers").contains(&"tools".to_owned()),
+        "{admin:#}"
+    );
+    // Nor is the admin's own credential released for BOB's server.
+    vault.env_scope_as((0, 0), "root-env", "ROOT_KEY", "root-value");
+    let refused = probe(
+        &vault,
+        None,
+        &["credential", "root-env", "bob-tool", "stdio", "--rule", ""],
+    );
+    assert_eq!(refused.json["vault_code"], "NOT_FOUND", "{refused:#?}");
+    let released = probe(
+        &vault,
+        None,
+        &["credential", "root-env", "tools", "stdio", "--rule", ""],
+    );
+    assert_eq!(released.values()["ROOT_KEY"], "root-value");
+    // The admin still administers them.
+    vault.ctl(["server", "show", "bob-tool"]).ok();
+    assert_bob_served(&vault);
+}
+
+#[test]
 fn a_users_route_to_an_admins_server_is_suspended_when_the_server_changes() {
     let vault = vault();
     let server = |command: &str| {
