@@ -1,5 +1,6 @@
 //! mcplexer-vaultd entry point: flags, logging, runtime; see the library.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -20,7 +21,9 @@ fn init_logging() {
             .with(
                 tracing_subscriber::fmt::layer()
                     .with_writer(std::io::stderr)
-                    .with_target(false),
+                    .with_target(false)
+                    // Colours only on a terminal, not in log files.
+                    .with_ansi(std::io::stderr().is_terminal()),
             )
             .init(),
     }

@@ -9,11 +9,9 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-/// `SO_PEERGROUPS` (Linux 4.13+): the supplementary groups of the peer at
-/// `connect(2)` time. Its value is 59 on every architecture but MIPS, SPARC
-/// and PA-RISC, which this daemon does not target.
-#[cfg(not(any(target_arch = "mips", target_arch = "mips64", target_arch = "sparc64")))]
-const SO_PEERGROUPS: libc::c_int = 59;
+// SO_PEERGROUPS (Linux 4.13+): the supplementary groups of the peer at
+// connect(2) time; libc has its value for each architecture.
+use libc::SO_PEERGROUPS;
 
 /// The supplementary groups of the process at the other end of `sock`, as the
 /// kernel recorded them when it connected.

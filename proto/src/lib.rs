@@ -37,6 +37,14 @@ pub const ERROR_CODE_KEY: &str = "mcplexer-error-code";
 /// Metadata key carrying the command that fixes an error, when there is one.
 pub const ERROR_FIX_KEY: &str = "mcplexer-error-fix";
 
+/// Fills `buf` from the kernel's CSPRNG (getrandom(2), through the
+/// `getrandom` crate): the one source of every token, OAuth state, PKCE
+/// verifier and session id the programs make.
+pub fn random_bytes(buf: &mut [u8]) -> std::io::Result<()> {
+    getrandom::fill(buf)
+        .map_err(|e| std::io::Error::other(format!("cannot read random bytes: {e}")))
+}
+
 /// The vault's stable error code in `status` (empty when it sent none: the
 /// status then came from the transport).
 pub fn error_code(status: &tonic::Status) -> &str {
@@ -165,4 +173,19 @@ pub fn auth_client(channel: Channel) -> v1::auth_client::AuthClient<Channel> {
     v1::auth_client::AuthClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn random_bytes_fill_the_whole_buffer_and_differ() {
+        let (mut a, mut b) = ([0u8; 64], [0u8; 64]);
+        super::random_bytes(&mut a).unwrap_or_else(|e| panic!("{e}"));
+        super::random_bytes(&mut b).unwrap_or_else(|e| panic!("{e}"));
+        assert_ne!(a, b);
+        // All 64 bytes written: the chance of 8 zero bytes at the end of
+        // both is 2^-128.
+        assert!(a[56..] != [0; 8] || b[56..] != [0; 8]);
+        super::random_bytes(&mut []).unwrap_or_else(|e| panic!("{e}"));
+    }
 }

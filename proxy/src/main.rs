@@ -1,6 +1,7 @@
 //! mcplexer-proxy entry point: flags, logging (stderr only: stdout carries
 //! MCP), runtime; see the library.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -19,6 +20,9 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .with_target(false)
+        // Colours only on a terminal: MCP clients and the journal keep
+        // stderr as text.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -167,17 +167,12 @@ async fn session_of(
     }
 }
 
-fn new_session_id() -> String {
+/// A session id of 128 random bits, as hex; none (rather than a guessable
+/// one) when the kernel gives no randomness.
+fn new_session_id() -> Option<String> {
     let mut bytes = [0u8; 16];
-    // SAFETY: getrandom(2) writes at most `bytes.len()` bytes into the
-    // valid, writable buffer it is given.
-    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
-    if usize::try_from(n).ok() != Some(bytes.len()) {
-        // The kernel's CSPRNG is always available on supported kernels;
-        // refuse to mint a guessable id if it is not.
-        return String::new();
-    }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    mcplexer_proto::random_bytes(&mut bytes).ok()?;
+    Some(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 async fn post_message(
@@ -222,13 +217,12 @@ async fn post_message(
     };
     let initialize = message.get("method").and_then(Value::as_str) == Some("initialize");
     let (id, session) = if initialize {
-        let id = new_session_id();
-        if id.is_empty() {
+        let Some(id) = new_session_id() else {
             return error(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "no randomness for a session id",
             );
-        }
+        };
         let (tx, mut from_gateway) = mpsc::unbounded_channel();
         // The session's stream may never be opened (it is optional): keep
         // at most NOTES of the gateway's messages for it and drop the

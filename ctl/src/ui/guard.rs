@@ -199,9 +199,8 @@ impl Guard {
 
 /// 32 random bytes from the kernel, as hex.
 pub fn random_token() -> std::io::Result<Zeroizing<String>> {
-    use std::io::Read;
     let mut bytes = Zeroizing::new([0u8; 32]);
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes[..])?;
+    mcplexer_proto::random_bytes(&mut bytes[..])?;
     let mut hex = Zeroizing::new(String::with_capacity(64));
     for b in bytes.iter() {
         hex.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
@@ -210,9 +209,11 @@ pub fn random_token() -> std::io::Result<Zeroizing<String>> {
     Ok(hex)
 }
 
-/// Compares in time that depends on the length only.
+/// Compares in time that depends on the lengths only (`subtle`, whose
+/// comparison the optimiser cannot turn into an early exit).
 pub fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    use subtle::ConstantTimeEq;
+    a.ct_eq(b).into()
 }
 
 /// Every value of cookie `name` in the request's `Cookie` headers.
@@ -419,6 +420,16 @@ mod tests {
         assert_eq!(&*guard.session_csrf(&id).unwrap(), csrf.as_str());
         assert!(guard.session_csrf("forged").is_none());
         assert_eq!(guard.host(), "127.0.0.1:4000");
+    }
+
+    #[test]
+    fn same_is_equality_of_bytes() {
+        assert!(same(b"", b""));
+        assert!(same(b"token-1", b"token-1"));
+        assert!(!same(b"token-1", b"token-2"));
+        assert!(!same(b"token", b"token-1"));
+        assert!(!same(b"token-1", b"token"));
+        assert!(!same(b"", b"x"));
     }
 
     #[test]

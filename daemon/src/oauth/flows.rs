@@ -47,21 +47,8 @@ pub struct Flows {
 /// `n` random bytes from the kernel, base64url without padding.
 pub fn random_token(n: usize) -> Result<Zeroizing<String>> {
     let mut bytes = Zeroizing::new(vec![0u8; n]);
-    let mut filled = 0;
-    while filled < n {
-        // SAFETY: getrandom(2) writes at most `n - filled` bytes into the
-        // valid, writable tail of `bytes` it is given.
-        let got = unsafe { libc::getrandom(bytes[filled..].as_mut_ptr().cast(), n - filled, 0) };
-        match usize::try_from(got) {
-            Ok(got) => filled += got,
-            Err(_) => {
-                let err = std::io::Error::last_os_error();
-                if err.kind() != std::io::ErrorKind::Interrupted {
-                    return Err(VaultError::io("cannot read random bytes", err));
-                }
-            }
-        }
-    }
+    mcplexer_proto::random_bytes(&mut bytes)
+        .map_err(|e| VaultError::io("cannot read random bytes", e))?;
     Ok(Zeroizing::new(URL_SAFE_NO_PAD.encode(&*bytes)))
 }
 

@@ -98,7 +98,13 @@ impl RawClient {
             rest.clear();
         }
         assert!(self.child.wait().unwrap().success());
-        (self.seen, self.log.join().unwrap())
+        let log = self.log.join().unwrap();
+        // stderr is a pipe here, as for an MCP client: plain text.
+        assert!(
+            !log.contains('\x1b'),
+            "terminal escapes in a log that is not a terminal: {log:?}"
+        );
+        (self.seen, log)
     }
 }
 

@@ -1,4 +1,5 @@
-//! The daemon starts, answers status and stops cleanly on SIGTERM.
+//! The daemon starts, answers status and stops cleanly on SIGTERM; its log
+//! to a file has no terminal colours.
 
 use mcplexer_tests::Vault;
 
@@ -10,4 +11,11 @@ fn starts_answers_and_stops_on_sigterm() {
     assert_eq!(status["caller_role"], "admin");
     assert_eq!(vault.stop(), Some(0));
     assert!(!vault.socket.exists(), "socket removed on shutdown");
+    // Its stderr is a file here: plain text, no terminal colours.
+    let log = vault.log();
+    assert!(log.contains("vault ready"), "{log}");
+    assert!(
+        !log.contains('\x1b'),
+        "terminal escapes in a log file: {log:?}"
+    );
 }
