@@ -35,7 +35,8 @@
 //! Environment: `BENCH_OUT=FILE` also writes the report there;
 //! `BENCH_REQUESTS` (default 2000) the quiet client's requests per phase;
 //! `BENCH_PACE_US` (default 2000) the time from one to the next;
-//! `BENCH_ROUNDS` (default 3).
+//! `BENCH_ROUNDS` (default 3); `BENCH_SLICES=0` runs without CPU groups
+//! (see [`Groups`]); `NOISE_ONLY=a,b` runs only those attacks.
 
 // A failed set-up step must abort the benchmark, as in the harness.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
