@@ -6,49 +6,35 @@
 
 use libfuzzer_sys::fuzz_target;
 use mcplexer_proto::v1 as pb;
-use mcplexer_vaultd::model::{self, ProviderSpec, RouteSpec, ScopeSpec, ServerSpec, WorkspaceSpec};
+use mcplexer_vaultd::model::{
+    self, Normalize, ProviderSpec, RouteSpec, ScopeSpec, ServerSpec, WorkspaceSpec,
+};
 use prost::Message;
+
+/// Decodes `bytes` as `M`, converts it with `from` and normalises the
+/// object, as a create RPC does.
+fn object<M, S>(bytes: &[u8], from: fn(M) -> Result<S, String>)
+where
+    M: Message + Default,
+    S: Normalize + serde::Serialize,
+{
+    if let Ok(m) = M::decode(bytes)
+        && let Ok(mut spec) = from(m)
+    {
+        let _ = model::normalize_one(&mut spec, Some(1000));
+    }
+}
 
 fuzz_target!(|data: &[u8]| {
     let Some((&which, bytes)) = data.split_first() else {
         return;
     };
     match which % 8 {
-        0 => {
-            if let Ok(m) = pb::AuthScope::decode(bytes)
-                && let Ok(mut spec) = ScopeSpec::from_proto(m)
-            {
-                let _ = model::normalize_one(&mut spec, Some(1000));
-            }
-        }
-        1 => {
-            if let Ok(m) = pb::OAuthProvider::decode(bytes)
-                && let Ok(mut spec) = ProviderSpec::from_proto(m)
-            {
-                let _ = model::normalize_one(&mut spec, Some(1000));
-            }
-        }
-        2 => {
-            if let Ok(m) = pb::DownstreamServer::decode(bytes)
-                && let Ok(mut spec) = ServerSpec::from_proto(m)
-            {
-                let _ = model::normalize_one(&mut spec, Some(1000));
-            }
-        }
-        3 => {
-            if let Ok(m) = pb::Workspace::decode(bytes)
-                && let Ok(mut spec) = WorkspaceSpec::from_proto(m)
-            {
-                let _ = model::normalize_one(&mut spec, Some(1000));
-            }
-        }
-        4 => {
-            if let Ok(m) = pb::RouteRule::decode(bytes)
-                && let Ok(mut spec) = RouteSpec::from_proto(m)
-            {
-                let _ = model::normalize_one(&mut spec, Some(1000));
-            }
-        }
+        0 => object(bytes, ScopeSpec::from_proto),
+        1 => object(bytes, ProviderSpec::from_proto),
+        2 => object(bytes, ServerSpec::from_proto),
+        3 => object(bytes, WorkspaceSpec::from_proto),
+        4 => object(bytes, RouteSpec::from_proto),
         5 => {
             let _ = pb::CredentialRequest::decode(bytes);
         }
