@@ -41,8 +41,8 @@ pub const ERROR_FIX_KEY: &str = "mcplexer-error-fix";
 /// `getrandom` crate): the one source of every token, OAuth state, PKCE
 /// verifier and session id the programs make.
 pub fn random_bytes(buf: &mut [u8]) -> std::io::Result<()> {
-    getrandom::fill(buf)
-        .map_err(|e| std::io::Error::other(format!("cannot read random bytes: {e}")))
+    // Callers say what the bytes were for; this names the source.
+    getrandom::fill(buf).map_err(|e| std::io::Error::other(format!("getrandom: {e}")))
 }
 
 /// The vault's stable error code in `status` (empty when it sent none: the
