@@ -86,6 +86,14 @@ pub struct VaultOptions {
     pub extra: Vec<String>,
 }
 
+impl VaultOptions {
+    /// The uid and gid a system-mode vault drops to (see `run_as`).
+    fn service_ids(&self) -> Option<(u32, u32)> {
+        self.run_as
+            .map(|uid| (uid, self.client_group.unwrap_or(uid)))
+    }
+}
+
 /// A running vault daemon on temporary paths. Killed when dropped.
 pub struct Vault {
     /// The root of the temporary tree.
@@ -159,12 +167,11 @@ impl Vault {
             options,
             child: None,
         };
-        if let Some(uid) = vault.options.run_as {
+        if let Some((uid, gid)) = vault.options.service_ids() {
             // What the unit's StateDirectory= and RuntimeDirectory= make.
             std::fs::create_dir(&vault.state_dir).expect("mkdir state");
             std::fs::set_permissions(&vault.state_dir, std::fs::Permissions::from_mode(0o700))
                 .expect("chmod");
-            let gid = vault.options.client_group.unwrap_or(uid);
             for dir in [&vault.state_dir, &run] {
                 nix::unistd::chown(
                     dir,
@@ -191,12 +198,11 @@ impl Vault {
     /// The command line the daemon is started with.
     pub fn command(&self) -> Command {
         let mut cmd = Command::new(bin("mcplexer-vaultd"));
-        match self.options.run_as {
+        match self.options.service_ids() {
             None => {
                 cmd.arg("--user");
             }
-            Some(uid) => {
-                let gid = self.options.client_group.unwrap_or(uid);
+            Some((uid, gid)) => {
                 cmd.args(["--system", "--run-as", &format!("{uid}:{gid}")]);
                 if self.options.admin_group.is_none() {
                     cmd.args(["--admin-group", "0"]);
