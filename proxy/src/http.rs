@@ -1,7 +1,9 @@
 //! A downstream MCP server over streamable HTTP: one session per (server,
 //! auth scope), the scope's headers set on every request (marked sensitive,
-//! so the HTTP stack never logs them), JSON and SSE responses, and a new
-//! session when the server answers 404 to the old one.
+//! so the HTTP stack never logs them), JSON and SSE responses (the server's
+//! requests on a response's stream relayed to the client request it is
+//! about, their answers posted back), and a new session when the server no
+//! longer knows the old one.
 //!
 //! Trust: the server is as trusted as its configured URL (https, or http on
 //! loopback only; the vault checks that). It receives the scope's headers and
@@ -16,7 +18,10 @@ use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use serde_json::{Value, json};
 use tokio::sync::{Mutex, mpsc};
 
-use crate::downstream::{DOWNSTREAM_PROTOCOL, DownstreamError, Event, all_tools};
+use crate::downstream::{
+    Answer, BoxFuture, Call, DOWNSTREAM_PROTOCOL, Downstream, DownstreamError, Event, Hello,
+    Inbound, Lists, Sink, ask, cancelled, outcome, sort,
+};
 use crate::vault::Released;
 
 /// The session header (case-insensitive on the wire).
@@ -28,7 +33,8 @@ const MAX_BODY: usize = 16 << 20;
 
 /// Why a POST did not produce an answer.
 enum PostError {
-    /// The server no longer knows this session (404): initialise again.
+    /// The server no longer knows this session (404, or 400 to a request
+    /// that carried it): initialise again.
     SessionGone(String),
     /// Any other failure.
     Failed(DownstreamError),
@@ -49,8 +55,12 @@ pub struct HttpDownstream {
     initializing: Mutex<()>,
     next_id: AtomicU64,
     events: mpsc::UnboundedSender<Event>,
-    /// Its tools as last listed (original names).
-    pub tools: Mutex<Option<Vec<Value>>>,
+    /// What the session declares when it is (re)initialised.
+    hello: std::sync::Mutex<Hello>,
+    /// Its `initialize` result, from the current session.
+    initialized: std::sync::Mutex<Option<Value>>,
+    /// Its lists as last read (original names).
+    lists: Lists,
 }
 
 impl HttpDownstream {
@@ -58,6 +68,7 @@ impl HttpDownstream {
     /// first request, when the credential's headers are at hand).
     pub fn new(
         server: &pb::DownstreamServer,
+        hello: Hello,
         events: mpsc::UnboundedSender<Event>,
     ) -> Result<Arc<Self>, DownstreamError> {
         let start_err = |reason: String| DownstreamError::Start {
@@ -82,7 +93,9 @@ impl HttpDownstream {
             initializing: Mutex::new(()),
             next_id: AtomicU64::new(1),
             events,
-            tools: Mutex::new(None),
+            hello: std::sync::Mutex::new(hello),
+            initialized: std::sync::Mutex::new(None),
+            lists: Lists::default(),
         }))
     }
 
@@ -131,13 +144,16 @@ impl HttpDownstream {
         verdict.map_err(|why| self.failed(format!("the credential was not sent: {why}")))
     }
 
-    /// POSTs one message; for a request, returns its response.
+    /// POSTs one message; for a request, returns its response. The
+    /// server's requests on the response's stream go to `related`'s client
+    /// request, and their answers are posted back.
     async fn post(
         &self,
         message: &Value,
         id: Option<u64>,
         credential: Option<&Released>,
         timeout: Duration,
+        related: Option<&Sink>,
     ) -> Result<Option<Value>, PostError> {
         if credential.is_some_and(|c| !c.values.is_empty()) {
             self.check_listener().await?;
@@ -166,8 +182,13 @@ impl HttpDownstream {
             .await
             .map_err(|e| self.failed(format!("request failed: {}", without_url(&e))))?;
         let status = response.status();
-        if status == reqwest::StatusCode::NOT_FOUND
-            && let Some(gone) = session
+        // 404 is what the specification says; some servers answer 400 ("no
+        // valid session") after a restart. Either way the request was not
+        // processed, and it is retried once on a new session.
+        if matches!(
+            status,
+            reqwest::StatusCode::NOT_FOUND | reqwest::StatusCode::BAD_REQUEST
+        ) && let Some(gone) = session
         {
             return Err(PostError::SessionGone(gone));
         }
@@ -195,11 +216,24 @@ impl HttpDownstream {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("text/event-stream"));
         let mut body = Vec::new();
-        let mut parsed = 0;
         let mut data = String::new();
+        // Answers the client gave to the server's requests, to post back.
+        let mut replies = tokio::task::JoinSet::new();
         loop {
-            let chunk = tokio::time::timeout(timeout, response.chunk())
-                .await
+            let chunk = tokio::select! {
+                chunk = tokio::time::timeout(timeout, response.chunk()) => chunk,
+                Some(Ok(reply)) = replies.join_next() => {
+                    // A response is answered 202; its failure is the
+                    // server's to notice (its request times out).
+                    if let Err(PostError::Failed(err)) =
+                        Box::pin(self.post(&reply, None, credential, timeout, None)).await
+                    {
+                        tracing::warn!(server = %self.server_id, error = %err, "cannot send the client's answer");
+                    }
+                    continue;
+                }
+            };
+            let chunk = chunk
                 .map_err(|_| {
                     PostError::Failed(DownstreamError::Timeout {
                         server: self.server_id.clone(),
@@ -211,14 +245,17 @@ impl HttpDownstream {
                 })?;
             let Some(chunk) = chunk else { break };
             body.extend_from_slice(&chunk);
-            if body.len() > MAX_BODY {
+            if body.len() + data.len() > MAX_BODY {
                 return Err(self.failed("the response is larger than 16 MiB"));
             }
             if !sse {
                 continue;
             }
             // Event stream: dispatch each complete line; a blank line ends
-            // an event whose data is one JSON-RPC message.
+            // an event whose data is one JSON-RPC message. Lines read are
+            // dropped from the buffer, so a long stream of progress counts
+            // against the cap only one event at a time.
+            let mut parsed = 0;
             while let Some(end) = body[parsed..].iter().position(|&b| b == b'\n') {
                 let line = String::from_utf8_lossy(&body[parsed..parsed + end])
                     .trim_end_matches('\r')
@@ -229,15 +266,20 @@ impl HttpDownstream {
                     data.push('\n');
                 } else if line.is_empty() && !data.is_empty() {
                     let event = std::mem::take(&mut data);
-                    if let Some(answer) = self.dispatch(event.trim_end(), id) {
-                        return Ok(Some(answer));
+                    match self.dispatch(event.trim_end(), id, related) {
+                        Dispatched::Answer(answer) => return Ok(Some(answer)),
+                        Dispatched::Reply(reply) => {
+                            replies.spawn(reply);
+                        }
+                        Dispatched::Nothing => {}
                     }
                 }
             }
+            body.drain(..parsed);
         }
         if sse {
             if !data.is_empty()
-                && let Some(answer) = self.dispatch(data.trim_end(), id)
+                && let Dispatched::Answer(answer) = self.dispatch(data.trim_end(), id, related)
             {
                 return Ok(Some(answer));
             }
@@ -248,27 +290,31 @@ impl HttpDownstream {
             .map_err(|_| self.failed("the response is not JSON"))
     }
 
-    /// Handles one message from an event stream; returns it if it is the
-    /// response to `id`.
-    fn dispatch(&self, data: &str, id: Option<u64>) -> Option<Value> {
-        let message: Value = serde_json::from_str(data).ok()?;
-        if message.get("method").and_then(Value::as_str) == Some("notifications/progress") {
-            let _ = self.events.send(Event::Progress {
-                server_id: self.server_id.clone(),
-                message,
-            });
-            return None;
+    /// Handles one message from an event stream: the response to `id`, or
+    /// a request of the server's whose answer will come.
+    fn dispatch(&self, data: &str, id: Option<u64>, related: Option<&Sink>) -> Dispatched {
+        let Ok(message) = serde_json::from_str::<Value>(data) else {
+            return Dispatched::Nothing;
+        };
+        match sort(&self.server_id, message, &self.events) {
+            Inbound::Response(got, message) if id.is_some() && got == id => {
+                Dispatched::Answer(message)
+            }
+            Inbound::Response(..) | Inbound::Ignored => Dispatched::Nothing,
+            Inbound::Ping(reply) => Dispatched::Reply(Box::pin(async move { reply })),
+            Inbound::Ask(request) => {
+                let id = request.get("id").cloned().unwrap_or(Value::Null);
+                match ask(&self.server_id, request, related.cloned(), &self.events) {
+                    Err(reply) => Dispatched::Reply(Box::pin(async move { reply })),
+                    Ok(answer) => Dispatched::Reply(Box::pin(async move {
+                        answer.await.unwrap_or_else(|_| {
+                            json!({"jsonrpc": "2.0", "id": id, "error": {
+                                "code": -32603, "message": "the client did not answer"}})
+                        })
+                    })),
+                }
+            }
         }
-        if message.get("method").and_then(Value::as_str) == Some("notifications/tools/list_changed")
-        {
-            let _ = self.events.send(Event::ToolsChanged {
-                server_id: self.server_id.clone(),
-            });
-            return None;
-        }
-        let is_response = message.get("method").is_none();
-        (is_response && message.get("id").and_then(Value::as_u64) == id && id.is_some())
-            .then_some(message)
     }
 
     async fn initialize(
@@ -277,36 +323,54 @@ impl HttpDownstream {
         timeout: Duration,
     ) -> Result<(), PostError> {
         *self.session.lock().await = None;
+        let hello = self
+            .hello
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
         let id = self.next_id.fetch_add(1, Ordering::SeqCst);
-        let init = json!({"jsonrpc": "2.0", "id": id, "method": "initialize", "params": {
-            "protocolVersion": DOWNSTREAM_PROTOCOL,
-            "capabilities": {},
-            "clientInfo": {"name": "mcplexer-proxy", "version": env!("CARGO_PKG_VERSION")},
-        }});
-        let answer = self.post(&init, Some(id), credential, timeout).await?;
-        if let Some(error) = answer.as_ref().and_then(|a| a.get("error")) {
-            return Err(self.failed(format!("initialize failed: {error}")));
-        }
+        let init =
+            json!({"jsonrpc": "2.0", "id": id, "method": "initialize", "params": hello.params()});
+        let answer = self
+            .post(&init, Some(id), credential, timeout, None)
+            .await?;
+        let result = match answer.map(outcome) {
+            Some(Ok(result)) => result,
+            Some(Err(error)) => return Err(self.failed(format!("initialize failed: {error}"))),
+            None => return Err(self.failed("initialize was not answered")),
+        };
+        *self
+            .initialized
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(result);
         self.post(
             &json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
             None,
             credential,
             timeout,
+            None,
         )
         .await?;
+        if let Some(level) = hello.log_level
+            && (self as &dyn Downstream).declares("logging")
+        {
+            let id = self.next_id.fetch_add(1, Ordering::SeqCst);
+            let set = json!({"jsonrpc": "2.0", "id": id, "method": "logging/setLevel", "params": {"level": level}});
+            // A refusal costs only the server's log messages.
+            let _ = self.post(&set, Some(id), credential, timeout, None).await;
+        }
         Ok(())
     }
 
     /// Sends a request with the credential's headers, initialising the
-    /// session first (and again if the server forgot it); `Ok(Ok(result))`,
-    /// `Ok(Err(error object))` for a JSON-RPC error.
-    pub async fn request(
-        &self,
-        method: &str,
-        params: Value,
-        credential: Option<&Released>,
-        timeout: Duration,
-    ) -> Result<Result<Value, Value>, DownstreamError> {
+    /// session first (and again if the server forgot it).
+    async fn send_request(&self, method: &str, params: Value, call: Call<'_>) -> Answer {
+        let Call {
+            credential,
+            timeout,
+            cancel,
+            related,
+        } = call;
         for _attempt in 0..2 {
             if self.session.lock().await.is_none() {
                 let _one = self.initializing.lock().await;
@@ -321,16 +385,24 @@ impl HttpDownstream {
             }
             let id = self.next_id.fetch_add(1, Ordering::SeqCst);
             let message = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
-            match self.post(&message, Some(id), credential, timeout).await {
-                Ok(Some(mut answer)) => {
-                    return Ok(match answer.get_mut("error") {
-                        Some(error) => Err(error.take()),
-                        None => Ok(answer
-                            .get_mut("result")
-                            .map(Value::take)
-                            .unwrap_or(Value::Null)),
+            let posted = tokio::select! {
+                posted = self.post(&message, Some(id), credential, timeout, related.as_ref()) => posted,
+                () = cancelled(cancel.clone()) => {
+                    // Dropping the POST closes its connection, which is not
+                    // a cancellation to the server: tell it.
+                    self.send_notification(
+                        "notifications/cancelled",
+                        json!({"requestId": id, "reason": "cancelled by the client"}),
+                        credential,
+                    )
+                    .await;
+                    return Err(DownstreamError::Cancelled {
+                        server: self.server_id.clone(),
                     });
                 }
+            };
+            match posted {
+                Ok(Some(answer)) => return Ok(outcome(answer)),
                 Ok(None) => {
                     return Err(DownstreamError::Exited {
                         server: self.server_id.clone(),
@@ -345,7 +417,17 @@ impl HttpDownstream {
                         *session = None;
                     }
                 }
-                Err(PostError::Failed(err)) => return Err(err),
+                Err(PostError::Failed(err)) => {
+                    if matches!(err, DownstreamError::Timeout { .. }) {
+                        self.send_notification(
+                            "notifications/cancelled",
+                            json!({"requestId": id, "reason": "timed out in mcplexer-proxy"}),
+                            credential,
+                        )
+                        .await;
+                    }
+                    return Err(err);
+                }
             }
         }
         Err(DownstreamError::Exited {
@@ -353,18 +435,19 @@ impl HttpDownstream {
         })
     }
 
-    /// Lists every tool (all pages) and caches the list.
-    pub async fn list_tools(
-        &self,
-        credential: Option<&Released>,
-        timeout: Duration,
-    ) -> Result<Vec<Value>, DownstreamError> {
-        let tools = all_tools(&self.server_id, |params| {
-            self.request("tools/list", params, credential, timeout)
-        })
-        .await?;
-        *self.tools.lock().await = Some(tools.clone());
-        Ok(tools)
+    /// Sends a notification on the current session (none before one
+    /// exists: there is nothing yet to tell).
+    async fn send_notification(&self, method: &str, params: Value, credential: Option<&Released>) {
+        if self.session.lock().await.is_none() {
+            return;
+        }
+        let message = json!({"jsonrpc": "2.0", "method": method, "params": params});
+        if let Err(PostError::Failed(err)) = self
+            .post(&message, None, credential, Duration::from_secs(10), None)
+            .await
+        {
+            tracing::warn!(server = %self.server_id, error = %err, "cannot send {method}");
+        }
     }
 
     /// Ends the session (DELETE), if the server keeps one.
@@ -379,6 +462,55 @@ impl HttpDownstream {
             .timeout(Duration::from_secs(2))
             .send()
             .await;
+    }
+}
+
+/// What one message of an event stream is to the request that reads it.
+enum Dispatched {
+    /// Its response.
+    Answer(Value),
+    /// An answer to post back, once it comes.
+    Reply(BoxFuture<'static, Value>),
+    /// Nothing for it.
+    Nothing,
+}
+
+impl Downstream for HttpDownstream {
+    fn server_id(&self) -> &str {
+        &self.server_id
+    }
+
+    fn spec(&self) -> &pb::DownstreamServer {
+        &self.spec
+    }
+
+    fn lists(&self) -> &Lists {
+        &self.lists
+    }
+
+    fn initialized(&self) -> Option<Value> {
+        self.initialized
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn request<'a>(
+        &'a self,
+        method: &'a str,
+        params: Value,
+        call: Call<'a>,
+    ) -> BoxFuture<'a, Answer> {
+        Box::pin(self.send_request(method, params, call))
+    }
+
+    fn notify<'a>(
+        &'a self,
+        method: &'a str,
+        params: Value,
+        credential: Option<&'a Released>,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(self.send_notification(method, params, credential))
     }
 }
 

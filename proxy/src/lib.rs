@@ -11,6 +11,7 @@
 //! injected. The client is untrusted: what it may reach is decided by the
 //! rules, and what credentials exist for it by the vault, from our uid.
 
+pub mod child;
 pub mod cli;
 pub mod downstream;
 pub mod gateway;

@@ -427,7 +427,9 @@ impl Vault for VaultService {
             latency_ms: r.latency_ms,
             error: cap(r.error, BODY),
             response: cap(r.response, BODY),
-            action: String::new(),
+            // For a call record: the MCP method, when it is not tools/call
+            // (prompts/get, resources/read, ...).
+            action: mcp_method(r.action),
         };
         if !caller.is_admin() {
             let bytes = prost::Message::encoded_len(&record) as u64;
@@ -450,4 +452,14 @@ impl Vault for VaultService {
         let sequence = self.shared.journal.append(record)?;
         Ok(Response::new(pb::SubmitAuditResponse { sequence }))
     }
+}
+
+/// A call record's `action`: an MCP method name (lower-case letters, `/`
+/// and `_`, at most 64 bytes); anything else is dropped.
+fn mcp_method(action: String) -> String {
+    let valid = action.len() <= 64
+        && action
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b == b'/' || b == b'_' || b.is_ascii_uppercase());
+    if valid { action } else { String::new() }
 }

@@ -249,7 +249,7 @@ fn malformed_input_gets_json_rpc_errors_and_the_session_survives() {
             .unwrap()
             .contains("batches")
     );
-    client.send(json!({"jsonrpc": "2.0", "id": 2, "method": "resources/templates/list"}));
+    client.send(json!({"jsonrpc": "2.0", "id": 2, "method": "no/such-method"}));
     let unknown = client.until(|m| m["id"] == 2);
     assert_eq!(unknown["error"]["code"], -32601);
     client.send(json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {}}));

@@ -1,0 +1,273 @@
+//! The aggregated lists: every server's tools, prompts, resources and
+//! resource templates that the route rules let this client see, under the
+//! names it calls them by.
+//!
+//! * Tools and prompts are named `<namespace>__<name>`; the rule that
+//!   decides a call decides whether the name is listed.
+//! * Resources and templates keep their URIs, and a server's resource is
+//!   listed when the rules allow `<namespace>__<resource name>` (so a rule
+//!   `<namespace>__*` covers them). A URI that more than one listed server
+//!   has is exposed as `<namespace>+<uri>` for each of them, so that every
+//!   exposed URI leads to one server; the index remembers where each leads.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use mcplexer_proto::v1 as pb;
+use serde_json::{Value, json};
+
+use super::Gateway;
+use super::error::{CallError, INVALID_PARAMS};
+use super::pool::{Target, call_timeout};
+use crate::downstream::{Call, Downstream, ListKind, Sink};
+use crate::router::Decision;
+use crate::vault::Routing;
+
+/// Items per page served to the client.
+const PAGE: usize = 100;
+
+/// Where one exposed resource URI or template leads.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    /// The server.
+    pub server_id: String,
+    /// The URI (or template) at the server.
+    pub original: String,
+    /// The name the rules decide it by: `<namespace>__<resource name>`.
+    pub rule_name: String,
+}
+
+/// Exposed resource URIs and templates, as last listed.
+#[derive(Default)]
+pub struct ResourceIndex {
+    /// Exposed URI to where it leads.
+    pub uris: HashMap<String, Entry>,
+    /// Exposed template to where it leads.
+    pub templates: HashMap<String, Entry>,
+}
+
+impl ResourceIndex {
+    /// Where an exposed URI leads: a listed resource, else the template
+    /// with the longest literal start that the URI begins with (after the
+    /// `<namespace>+` of a rewritten template).
+    pub fn find(&self, uri: &str) -> Option<(Entry, String)> {
+        if let Some(entry) = self.uris.get(uri) {
+            return Some((entry.clone(), entry.original.clone()));
+        }
+        let mut best: Option<(usize, &String, &Entry)> = None;
+        for (exposed, entry) in &self.templates {
+            let literal = exposed.split('{').next().unwrap_or(exposed);
+            if literal.is_empty() || !uri.starts_with(literal) {
+                continue;
+            }
+            if best.is_none_or(|(len, _, _)| literal.len() > len) {
+                best = Some((literal.len(), exposed, entry));
+            }
+        }
+        let (_, exposed, entry) = best?;
+        // The URI at the server: without the prefix the exposed template
+        // added to the original.
+        let added = exposed.len().saturating_sub(entry.original.len());
+        let original = uri.get(added..)?.to_owned();
+        Some((entry.clone(), original))
+    }
+}
+
+/// The rule a listing of `server_id`'s items goes by, and its scope: the
+/// first allow rule routing to it in the workspace chain; none if no rule
+/// could route to it (then nothing of it is listed). The vault releases
+/// the scope for the listing through that rule.
+pub fn listing_scope(
+    routing: &Routing,
+    dir: &Path,
+    server_id: &str,
+) -> Option<(Option<String>, String)> {
+    for workspace in routing.table.workspaces(dir) {
+        let mut rules: Vec<&pb::RouteRule> = routing
+            .routes
+            .iter()
+            .filter(|r| {
+                r.workspace_id == workspace
+                    && r.policy == "allow"
+                    && r.downstream_server_id == server_id
+            })
+            .collect();
+        rules.sort_by(|a, b| b.priority.cmp(&a.priority).then_with(|| a.id.cmp(&b.id)));
+        if let Some(rule) = rules.first() {
+            let scope = Some(rule.auth_scope_id.clone()).filter(|s| !s.is_empty());
+            return Some((scope, rule.id.clone()));
+        }
+    }
+    None
+}
+
+/// The field of an item that names it for the rules, and the one that
+/// the client addresses it by.
+fn fields(kind: ListKind) -> (&'static str, &'static str) {
+    match kind {
+        ListKind::Tools | ListKind::Prompts => ("name", "name"),
+        ListKind::Resources => ("name", "uri"),
+        ListKind::Templates => ("name", "uriTemplate"),
+    }
+}
+
+impl Gateway {
+    /// One page of an aggregated list.
+    pub(super) async fn list(
+        self: &Arc<Self>,
+        kind: ListKind,
+        params: &Value,
+        sink: Option<&Sink>,
+    ) -> Result<Value, CallError> {
+        let dir = self.session.workspace_dir(sink).await;
+        let exposed = self.aggregate(kind, &dir).await;
+        let start = match params.get("cursor").and_then(Value::as_str) {
+            None => 0,
+            Some(cursor) => cursor
+                .parse::<usize>()
+                .ok()
+                .filter(|&n| n <= exposed.len())
+                .ok_or_else(|| CallError::new(INVALID_PARAMS, "invalid cursor"))?,
+        };
+        let end = (start + PAGE).min(exposed.len());
+        let mut result = json!({ kind.field(): exposed[start..end] });
+        if end < exposed.len() {
+            result["nextCursor"] = Value::String(end.to_string());
+        }
+        Ok(result)
+    }
+
+    /// Every item of a list this client may see, renamed as exposed; for
+    /// resources and templates, the index is rebuilt from what is listed.
+    pub(super) async fn aggregate(self: &Arc<Self>, kind: ListKind, dir: &Path) -> Vec<Value> {
+        let routing = self.vault.routing();
+        let mut servers: Vec<&pb::DownstreamServer> = routing.servers.values().collect();
+        servers.sort_by(|a, b| a.tool_namespace.cmp(&b.tool_namespace));
+        let mut found: Vec<(&pb::DownstreamServer, Value, String)> = Vec::new();
+        for server in servers {
+            let Some((scope, rule)) = listing_scope(&routing, dir, &server.id) else {
+                continue;
+            };
+            let target = Target {
+                server,
+                scope,
+                name: "",
+                rule: &rule,
+            };
+            let items = match self.listed(kind, &target).await {
+                Ok(items) => items,
+                Err(err) => {
+                    // One broken downstream costs only its own items.
+                    tracing::warn!(server = %server.id, error = %err.message, "cannot read {}", kind.method());
+                    continue;
+                }
+            };
+            let (named_by, _) = fields(kind);
+            for item in items {
+                let Some(name) = item.get(named_by).and_then(Value::as_str) else {
+                    continue;
+                };
+                let rule_name = format!("{}__{name}", server.tool_namespace);
+                if let Decision::Allow { .. } = routing.table.decide(dir, &rule_name, &server.id) {
+                    found.push((server, item, rule_name));
+                }
+            }
+        }
+        match kind {
+            ListKind::Tools | ListKind::Prompts => found
+                .into_iter()
+                .map(|(_, mut item, rule_name)| {
+                    item["name"] = Value::String(rule_name);
+                    item
+                })
+                .collect(),
+            ListKind::Resources | ListKind::Templates => self.index(kind, found),
+        }
+    }
+
+    /// Exposes resources or templates under URIs that each lead to one
+    /// server, and records where they lead.
+    fn index(
+        &self,
+        kind: ListKind,
+        found: Vec<(&pb::DownstreamServer, Value, String)>,
+    ) -> Vec<Value> {
+        let (_, addressed_by) = fields(kind);
+        let mut servers_of: HashMap<String, Vec<&str>> = HashMap::new();
+        for (server, item, _) in &found {
+            if let Some(uri) = item.get(addressed_by).and_then(Value::as_str) {
+                let servers = servers_of.entry(uri.to_owned()).or_default();
+                if !servers.contains(&server.id.as_str()) {
+                    servers.push(&server.id);
+                }
+            }
+        }
+        let mut entries = HashMap::new();
+        let mut exposed = Vec::new();
+        for (server, mut item, rule_name) in found {
+            let Some(uri) = item
+                .get(addressed_by)
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+            else {
+                continue;
+            };
+            let shown = if servers_of.get(&uri).is_some_and(|s| s.len() > 1) {
+                format!("{}+{uri}", server.tool_namespace)
+            } else {
+                uri.clone()
+            };
+            item[addressed_by] = Value::String(shown.clone());
+            entries.insert(
+                shown,
+                Entry {
+                    server_id: server.id.clone(),
+                    original: uri,
+                    rule_name,
+                },
+            );
+            exposed.push(item);
+        }
+        let mut index = self
+            .resources
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match kind {
+            ListKind::Resources => index.uris = entries,
+            _ => index.templates = entries,
+        }
+        exposed
+    }
+
+    /// One server's list, as cached by its downstream or read now. A
+    /// server that did not declare the list's capability has it empty.
+    async fn listed(&self, kind: ListKind, target: &Target<'_>) -> Result<Vec<Value>, CallError> {
+        if let Some(items) = self.pool.cached(target, kind).await {
+            return Ok(items);
+        }
+        let (downstream, credential) = self.pool.acquire(target).await?;
+        if let Some(items) = downstream.lists().get(kind) {
+            return Ok(items);
+        }
+        let timeout = call_timeout(target.server);
+        if downstream.initialized().is_none() {
+            // An HTTP session is initialised by its first request.
+            downstream
+                .request("ping", json!({}), Call::plain(credential.as_ref(), timeout))
+                .await
+                .map_err(|e| CallError::from(e).scrubbed(credential.as_ref()))?
+                .ok();
+        }
+        let declared = kind == ListKind::Tools
+            || (&*downstream as &dyn Downstream).declares(kind.capability());
+        if !declared {
+            downstream.lists().set(kind, Vec::new());
+            return Ok(Vec::new());
+        }
+        downstream
+            .list(kind, credential.as_ref(), timeout)
+            .await
+            .map_err(|e| CallError::from(e).scrubbed(credential.as_ref()))
+    }
+}
