@@ -75,11 +75,14 @@ fn query(args: AuditArgs, now_ms: i64) -> AuditQuery {
 }
 
 /// What a record is about: the tool of a call, or the RPC of an admin record.
+/// What a record is about: an admin record's RPC, a call's tool, or for a
+/// request that is not a tool call its method and what it named
+/// (`prompts/get ev__greet`).
 fn subject(r: &AuditRecord) -> String {
-    if r.tool.is_empty() {
-        r.action.clone()
-    } else {
-        r.tool.clone()
+    match (r.tool.is_empty(), r.action.is_empty()) {
+        (true, _) => r.action.clone(),
+        (false, true) => r.tool.clone(),
+        (false, false) => format!("{} {}", r.action, r.tool),
     }
 }
 

@@ -137,10 +137,13 @@ impl Gateway {
                 format!("request id {id} is already in use by a request in flight"),
             ));
         };
+        // The vault checks the name against the rule it is released
+        // through: the name the rule decided, which for a resource is not
+        // its URI.
         let target = Target {
             server: &server,
             scope,
-            name: &shown,
+            name: &resolved.rule_name,
             rule: &rule_id,
         };
         let (answer, credential) = self

@@ -23,6 +23,7 @@ mod proxy_lifecycle;
 mod proxy_protocol;
 mod proxy_restart;
 mod proxy_serve;
+mod proxy_surface;
 mod release;
 mod sealed;
 mod secrets;

@@ -27,6 +27,11 @@ pub(crate) struct RawClient {
 
 impl RawClient {
     pub(crate) fn start(vault: &Vault) -> Self {
+        Self::start_with(vault, json!({}))
+    }
+
+    /// A client that declares `capabilities` at `initialize`.
+    pub(crate) fn start_with(vault: &Vault, capabilities: Value) -> Self {
         let node_dir = node().parent().unwrap().display().to_string();
         let mut child = Command::new(bin("mcplexer-proxy"))
             .arg("--socket")
@@ -56,7 +61,12 @@ impl RawClient {
             seen: Vec::new(),
             log,
         };
-        client.send_line(r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#);
+        client.send(
+            json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18",
+            "capabilities": capabilities,
+            "clientInfo": {"name": "raw", "version": "1"}}}),
+        );
         let init = client.until(|m| m["id"] == 0);
         assert_eq!(init["result"]["protocolVersion"], "2025-06-18", "{init:#}");
         client.send(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
