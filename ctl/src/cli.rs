@@ -425,6 +425,10 @@ pub struct ServerCreate {
     /// Tool namespace (tools are exposed as NS__tool).
     #[arg(long, value_name = "NS")]
     pub namespace: Option<String>,
+    /// Expose its tools and prompts under their own names, without the
+    /// namespace (a workspace routes to at most one such server).
+    #[arg(long)]
+    pub unprefixed: bool,
     /// Stop an idle stdio server after SEC seconds.
     #[arg(long, value_name = "SEC")]
     pub idle_timeout: Option<u32>,

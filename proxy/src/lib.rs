@@ -44,15 +44,33 @@ pub fn resolve_cwd(given: Option<PathBuf>) -> Result<PathBuf, String> {
 pub async fn dry_run(vault: &VaultLink, tool: &str, cwd: &Path) -> Result<String, String> {
     vault.load().await.map_err(|e| e.to_string())?;
     let routing = vault.routing();
-    let Some((namespace, _)) = split_tool(tool) else {
-        return Err(format!("{tool:?} is not a <namespace>__<tool> name"));
+    let prefixed = split_tool(tool).and_then(|(namespace, _)| routing.by_namespace.get(namespace));
+    let decision = match prefixed {
+        Some(server_id) => routing.table.decide(cwd, tool, server_id),
+        None => {
+            // Not a prefixed name: the servers mounted unprefixed may have
+            // it, the first whose rules allow it.
+            let mut unprefixed: Vec<&String> = routing
+                .servers
+                .values()
+                .filter(|s| s.unprefixed)
+                .map(|s| &s.id)
+                .collect();
+            unprefixed.sort();
+            let decisions: Vec<Decision> = unprefixed
+                .iter()
+                .map(|server_id| routing.table.decide(cwd, tool, server_id))
+                .collect();
+            match decisions.iter().position(Decision::is_allowed) {
+                Some(allowed) => decisions[allowed].clone(),
+                None => decisions.into_iter().next().ok_or_else(|| {
+                    format!(
+                        "{tool:?} is not a <namespace>__<tool> name of a server visible to this user, and no such server is mounted unprefixed"
+                    )
+                })?,
+            }
+        }
     };
-    let Some(server_id) = routing.by_namespace.get(namespace) else {
-        return Err(format!(
-            "no downstream server visible to this user has the namespace {namespace:?}"
-        ));
-    };
-    let decision = routing.table.decide(cwd, tool, server_id);
     let verdict = match &decision {
         Decision::Allow { .. } => "allow",
         Decision::Deny { .. } | Decision::NoMatch { .. } => "deny",

@@ -27,7 +27,7 @@ pub struct Routing {
     pub table: RouteTable,
     /// Downstream servers by id.
     pub servers: HashMap<String, pb::DownstreamServer>,
-    /// Server id by tool namespace.
+    /// Server id by tool namespace (servers mounted with a prefix).
     pub by_namespace: HashMap<String, String>,
     /// The raw rules, for choosing a listing scope.
     pub routes: Vec<pb::RouteRule>,
@@ -51,6 +51,7 @@ impl Routing {
             by_namespace: config
                 .servers
                 .iter()
+                .filter(|s| !s.unprefixed)
                 .map(|s| (s.tool_namespace.clone(), s.id.clone()))
                 .collect(),
             routes: config.routes.clone(),

@@ -72,6 +72,7 @@ fn new_server(args: ServerCreate) -> Result<DownstreamServer, Failure> {
         env: to_map(args.env, "--env")?,
         url: args.url.unwrap_or_default(),
         tool_namespace: args.namespace.unwrap_or_default(),
+        unprefixed: args.unprefixed,
         idle_timeout_sec: args.idle_timeout.unwrap_or_default(),
         call_timeout_sec: args.call_timeout.unwrap_or_default(),
         restart_policy: args.restart_policy.unwrap_or_default(),
@@ -130,6 +131,7 @@ fn fields(s: &DownstreamServer) -> Fields {
         .add("working_dir", &s.working_dir)
         .add("url", &s.url)
         .add("tool_namespace", &s.tool_namespace)
+        .add("unprefixed", if s.unprefixed { "yes" } else { "" })
         .add("idle_timeout_sec", output::nonzero(s.idle_timeout_sec))
         .add("call_timeout_sec", output::nonzero(s.call_timeout_sec))
         .add("restart_policy", &s.restart_policy);

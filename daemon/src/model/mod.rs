@@ -398,6 +398,11 @@ pub struct ServerSpec {
     /// Prefix of the exposed tools (`<namespace>__<tool>`); defaults to the id.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub tool_namespace: String,
+    /// Expose its tools and prompts under their own names, without the
+    /// namespace (for clients with fixed names). A workspace mounts at most
+    /// one such server.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub unprefixed: bool,
     /// Seconds an unused stdio server is kept (0 = default 300).
     #[serde(default)]
     pub idle_timeout_sec: u32,

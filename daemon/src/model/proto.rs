@@ -117,6 +117,7 @@ impl ServerSpec {
             working_dir: p.working_dir,
             url: p.url,
             tool_namespace: p.tool_namespace,
+            unprefixed: p.unprefixed,
             idle_timeout_sec: p.idle_timeout_sec,
             call_timeout_sec: p.call_timeout_sec,
             restart_policy: if p.restart_policy.is_empty() {
@@ -232,6 +233,7 @@ pub fn server_to_proto(obj: &Obj<ServerSpec>) -> pb::DownstreamServer {
         env: s.env.clone().into_iter().collect(),
         url: s.url.clone(),
         tool_namespace: s.tool_namespace.clone(),
+        unprefixed: s.unprefixed,
         idle_timeout_sec: if s.idle_timeout_sec == 0 {
             300
         } else {

@@ -615,6 +615,35 @@ pub fn state_problems(state: &ConfigState) -> Vec<Problem> {
             problem(format!("route_rule {}: {p}", r.id), me);
         }
     }
+    // Names without a prefix share one space per workspace: two servers
+    // mounted that way could both have a tool `search`, and the gateway
+    // could not tell whose a call is.
+    let mut unprefixed: BTreeMap<&str, (&str, &str)> = BTreeMap::new();
+    for route in state.routes.values() {
+        let r = &route.spec;
+        let Some(server) = state.servers.get(&r.downstream_server_id) else {
+            continue;
+        };
+        if !server.spec.unprefixed || r.policy == Policy::Deny {
+            continue;
+        }
+        let ws = route_workspace(r);
+        match unprefixed.get(ws) {
+            Some((other_server, other_rule)) if *other_server != server.spec.id.as_str() => {
+                problem(
+                    format!(
+                        "route_rule {}: workspace {ws:?} already routes to downstream_server {other_server} (unprefixed) through route_rule {other_rule}; a workspace mounts at most one server without a prefix, since their names would collide",
+                        r.id
+                    ),
+                    vec![(Kind::Route, r.id.as_str()), (Kind::Route, other_rule)],
+                );
+            }
+            Some(_) => {}
+            None => {
+                unprefixed.insert(ws, (&server.spec.id, &r.id));
+            }
+        }
+    }
     problems
 }
 

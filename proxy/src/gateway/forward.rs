@@ -194,13 +194,24 @@ impl Gateway {
         match address {
             Address::Name(name) => {
                 let routing = self.vault.routing();
-                let (namespace, original) =
-                    split_tool(name).ok_or_else(|| unknown(method, name))?;
-                let server_id = routing
-                    .by_namespace
-                    .get(namespace)
-                    .ok_or_else(|| unknown(method, name))?
-                    .clone();
+                let prefixed = split_tool(name).and_then(|(namespace, original)| {
+                    Some((routing.by_namespace.get(namespace)?.clone(), original))
+                });
+                let (server_id, original) = match prefixed {
+                    Some(found) => found,
+                    None => {
+                        let kind = if *method == Method::ToolsCall {
+                            ListKind::Tools
+                        } else {
+                            ListKind::Prompts
+                        };
+                        let server_id = self
+                            .unprefixed_server(kind, name, dir)
+                            .await
+                            .ok_or_else(|| unknown(method, name))?;
+                        (server_id, name.as_str())
+                    }
+                };
                 match method {
                     Method::Complete => params["ref"]["name"] = Value::String(original.to_owned()),
                     _ => params["name"] = Value::String(original.to_owned()),
@@ -237,6 +248,34 @@ impl Gateway {
                 })
             }
         }
+    }
+
+    /// The server of an unprefixed tool or prompt name, as last listed (or
+    /// listed now, when the name is not known yet).
+    async fn unprefixed_server(
+        self: &Arc<Self>,
+        kind: ListKind,
+        name: &str,
+        dir: &std::path::Path,
+    ) -> Option<String> {
+        let key = (kind, name.to_owned());
+        let known = |gateway: &Self| {
+            gateway
+                .resources
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .unprefixed
+                .get(&key)
+                .cloned()
+        };
+        if let Some(server_id) = known(self) {
+            return Some(server_id);
+        }
+        if !self.vault.routing().servers.values().any(|s| s.unprefixed) {
+            return None;
+        }
+        self.aggregate(kind, dir).await;
+        known(self)
     }
 
     /// Where an exposed URI leads; for a completion, the template itself.

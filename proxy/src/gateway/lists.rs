@@ -2,8 +2,10 @@
 //! resource templates that the route rules let this client see, under the
 //! names it calls them by.
 //!
-//! * Tools and prompts are named `<namespace>__<name>`; the rule that
-//!   decides a call decides whether the name is listed.
+//! * Tools and prompts are named `<namespace>__<name>`, or by their own
+//!   name for a server mounted unprefixed; the rule that decides a call
+//!   decides whether the name is listed. An unprefixed name that another
+//!   listed name equals is not listed (the prefixed one is unambiguous).
 //! * Resources and templates keep their URIs, and a server's resource is
 //!   listed when the rules allow `<namespace>__<resource name>` (so a rule
 //!   `<namespace>__*` covers them). A URI that more than one listed server
@@ -38,9 +40,22 @@ pub struct Entry {
     pub rule_name: String,
 }
 
-/// Exposed resource URIs and templates, as last listed.
+/// The name a server's tool or prompt is exposed by.
+pub fn exposed_name(server: &pb::DownstreamServer, name: &str) -> String {
+    if server.unprefixed {
+        name.to_owned()
+    } else {
+        format!("{}__{name}", server.tool_namespace)
+    }
+}
+
+/// Exposed resource URIs and templates, as last listed, and the servers
+/// of unprefixed tool and prompt names.
 #[derive(Default)]
 pub struct ResourceIndex {
+    /// (list, exposed name) of an unprefixed server's tool or prompt to its
+    /// server id.
+    pub unprefixed: HashMap<(ListKind, String), String>,
     /// Exposed URI to where it leads.
     pub uris: HashMap<String, Entry>,
     /// Exposed template to where it leads.
@@ -145,6 +160,9 @@ impl Gateway {
         let mut servers: Vec<&pb::DownstreamServer> = routing.servers.values().collect();
         servers.sort_by(|a, b| a.tool_namespace.cmp(&b.tool_namespace));
         let mut found: Vec<(&pb::DownstreamServer, Value, String)> = Vec::new();
+        // Every name of an unprefixed server, listed or not: a call of a
+        // name the rules hide is refused (and audited) as a prefixed one is.
+        let mut unprefixed: Vec<(String, &str)> = Vec::new();
         for server in servers {
             let Some((scope, rule)) = listing_scope(&routing, dir, &server.id) else {
                 continue;
@@ -168,22 +186,63 @@ impl Gateway {
                 let Some(name) = item.get(named_by).and_then(Value::as_str) else {
                     continue;
                 };
-                let rule_name = format!("{}__{name}", server.tool_namespace);
+                let rule_name = exposed_name(server, name);
+                if server.unprefixed {
+                    unprefixed.push((rule_name.clone(), &server.id));
+                }
                 if let Decision::Allow { .. } = routing.table.decide(dir, &rule_name, &server.id) {
                     found.push((server, item, rule_name));
                 }
             }
         }
         match kind {
-            ListKind::Tools | ListKind::Prompts => found
-                .into_iter()
-                .map(|(_, mut item, rule_name)| {
-                    item["name"] = Value::String(rule_name);
-                    item
-                })
-                .collect(),
+            ListKind::Tools | ListKind::Prompts => self.name(kind, found, unprefixed),
             ListKind::Resources | ListKind::Templates => self.index(kind, found),
         }
+    }
+
+    /// Exposes tools or prompts under their names, each leading to one
+    /// server, and records the servers of unprefixed names.
+    fn name(
+        &self,
+        kind: ListKind,
+        found: Vec<(&pb::DownstreamServer, Value, String)>,
+        unprefixed: Vec<(String, &str)>,
+    ) -> Vec<Value> {
+        let mut prefixed = std::collections::HashSet::new();
+        for (server, _, name) in &found {
+            if !server.unprefixed {
+                prefixed.insert(name.clone());
+            }
+        }
+        // The first server (by namespace) that has a name keeps it.
+        let mut servers: HashMap<(ListKind, String), String> = HashMap::new();
+        for (name, server_id) in unprefixed {
+            if !prefixed.contains(&name) {
+                servers
+                    .entry((kind, name))
+                    .or_insert_with(|| server_id.to_owned());
+            }
+        }
+        let mut exposed = Vec::new();
+        for (server, mut item, name) in found {
+            let leads_here = servers
+                .get(&(kind, name.clone()))
+                .is_some_and(|owner| *owner == server.id);
+            if server.unprefixed && !leads_here {
+                tracing::warn!(server = %server.id, name = %name, "an unprefixed name collides with another server's; it is not listed");
+                continue;
+            }
+            item["name"] = Value::String(name);
+            exposed.push(item);
+        }
+        let mut index = self
+            .resources
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        index.unprefixed.retain(|(k, _), _| *k != kind);
+        index.unprefixed.extend(servers);
+        exposed
     }
 
     /// Exposes resources or templates under URIs that each lead to one

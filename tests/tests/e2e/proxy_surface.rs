@@ -266,3 +266,91 @@ fn sampling_and_elicitation_reach_a_client_that_declared_them() {
     assert!(declined["result"].is_object(), "{declined:#}");
     client.finish();
 }
+
+#[test]
+fn a_server_mounted_unprefixed_keeps_its_own_names() {
+    let vault = Vault::start();
+    let (program, args) = server_everything();
+    let doc = format!(
+        r#"
+downstream_servers:
+  - {{id: everything, name: Everything, transport: stdio, command: {program}, args: {args}, tool_namespace: ev, unprefixed: true}}
+  - {{id: second, name: Second, transport: stdio, command: {program}, args: {args}, tool_namespace: two}}
+route_rules:
+  - {{name: no sum, tool_match: ["get-sum"], downstream_server_id: everything, policy: deny}}
+  - {{name: everything, tool_match: ["*"], downstream_server_id: everything}}
+  - {{name: second, tool_match: ["two__echo"], downstream_server_id: second}}
+"#,
+        program = program.display(),
+        args = serde_json::to_string(&args).unwrap()
+    );
+    let path = vault.write_file("unprefixed.yaml", &doc);
+    vault.ctl(["apply", "-f", path.to_str().unwrap()]).ok();
+
+    // A real client (the Python SDK) with fixed names: the tools and
+    // prompts of the unprefixed server under their own names, the other
+    // server's with its prefix.
+    let results = crate::proxy::through_proxy(
+        &vault,
+        None,
+        json!([
+            {"op": "list_tools"},
+            {"op": "call", "name": "echo", "arguments": {"message": "plain name"}},
+            {"op": "call", "name": "two__echo", "arguments": {"message": "prefixed"}},
+            {"op": "call", "name": "get-sum", "arguments": {"a": 1, "b": 2}},
+            {"op": "call", "name": "ev__echo", "arguments": {"message": "no prefix here"}},
+            {"op": "list_prompts"},
+            {"op": "get_prompt", "name": "simple-prompt"},
+        ]),
+    );
+    let tools: Vec<&str> = results[0]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    assert!(tools.contains(&"echo"), "{tools:?}");
+    assert!(tools.contains(&"two__echo"), "{tools:?}");
+    assert!(
+        !tools.contains(&"get-sum"),
+        "a denied tool was listed: {tools:?}"
+    );
+    assert!(!tools.iter().any(|t| t.starts_with("ev__")), "{tools:?}");
+    assert_eq!(
+        results[1]["text"][0], "Echo: plain name",
+        "{:#}",
+        results[1]
+    );
+    assert_eq!(results[2]["text"][0], "Echo: prefixed", "{:#}", results[2]);
+    assert!(
+        crate::proxy::error_message(&results[3]).contains("denied by route rule no-sum"),
+        "{:#}",
+        results[3]
+    );
+    assert_eq!(results[4]["error"]["code"], -32602, "{:#}", results[4]);
+    assert!(
+        results[5]["prompts"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("simple-prompt")),
+        "{:#}",
+        results[5]
+    );
+    assert!(results[6]["messages"].is_array(), "{:#}", results[6]);
+
+    // Two servers without a prefix in one workspace: refused at apply,
+    // naming both rules.
+    let doc = doc.replace(
+        "tool_namespace: two}",
+        "tool_namespace: two, unprefixed: true}",
+    );
+    let path = vault.write_file("two-unprefixed.yaml", &doc);
+    let refused = vault.ctl(["apply", "-f", path.to_str().unwrap()]);
+    assert_ne!(refused.code, 0, "{refused:#?}");
+    assert!(
+        refused
+            .stderr
+            .contains("at most one server without a prefix"),
+        "{refused:#?}"
+    );
+}
