@@ -47,6 +47,11 @@ pub enum Command {
         /// Record every call's response in the audit log (redacted).
         #[arg(long)]
         log_full: bool,
+        /// End a session, and stop its downstreams, once its client has
+        /// sent nothing for SEC seconds and has no request or stream open
+        /// (clients rarely end their sessions).
+        #[arg(long, value_name = "SEC", default_value_t = 900, value_parser = clap::value_parser!(u64).range(1..))]
+        session_idle_timeout: u64,
     },
     /// Explain which rule, server and scope a call of TOOL would use, and why.
     DryRun {

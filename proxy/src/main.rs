@@ -48,10 +48,12 @@ fn main() -> ExitCode {
                 listen,
                 cwd,
                 log_full,
+                session_idle_timeout,
             } => {
                 let cwd = mcplexer_proxy::resolve_cwd(cwd)?;
                 let passed = service.listen_fds.into_iter().next();
-                mcplexer_proxy::serve::run(vault, cwd, log_full, listen, passed)
+                let idle = std::time::Duration::from_secs(session_idle_timeout);
+                mcplexer_proxy::serve::run(vault, cwd, log_full, idle, listen, passed)
                     .await
                     .map_err(|e| e.to_string())
             }

@@ -21,6 +21,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -77,6 +78,47 @@ struct Session {
     /// When it began: the oldest session makes room for a new one past
     /// [`MAX_SESSIONS`].
     began: std::time::Instant,
+    /// When the client last sent it a message.
+    last_seen: std::sync::Mutex<std::time::Instant>,
+    /// Its requests not yet fully answered.
+    busy: Arc<AtomicUsize>,
+}
+
+impl Session {
+    fn touch(&self) {
+        *self
+            .last_seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = std::time::Instant::now();
+    }
+
+    /// Whether the client has left it: no message for `idle`, no request
+    /// being answered, no stream open.
+    fn is_abandoned(&self, idle: std::time::Duration) -> bool {
+        let quiet = self
+            .last_seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .elapsed()
+            >= idle;
+        quiet && self.busy.load(Ordering::SeqCst) == 0 && self.notes.try_lock().is_ok()
+    }
+}
+
+/// Counts a request of a session until its answer is sent.
+struct Busy(Arc<AtomicUsize>);
+
+impl Busy {
+    fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Self(count.clone())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Sessions kept at once. Each holds its own downstream children, so a
@@ -92,6 +134,8 @@ struct Served {
     /// The TCP port listened on: a present `Origin` must name it.
     port: Option<u16>,
     sessions: Mutex<HashMap<String, Arc<Session>>>,
+    /// How long a session the client has left is kept, with its children.
+    idle: std::time::Duration,
 }
 
 fn is_loopback_host(host: &str) -> bool {
@@ -246,6 +290,8 @@ async fn post_message(
             ),
             notes: Arc::new(Mutex::new(rx)),
             began: std::time::Instant::now(),
+            last_seen: std::sync::Mutex::new(std::time::Instant::now()),
+            busy: Arc::new(AtomicUsize::new(0)),
         });
         let evicted = {
             let mut sessions = served.sessions.lock().await;
@@ -281,7 +327,9 @@ async fn post_message(
         .iter()
         .filter_map(|v| v.to_str().ok())
         .any(|v| v.contains("text/event-stream"));
-    let mut response = answer(session.gateway.clone(), message, streams).await;
+    session.touch();
+    let busy = Busy::new(&session.busy);
+    let mut response = answer(session.gateway.clone(), message, streams, busy).await;
     if initialize && let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(SESSION, value);
     }
@@ -292,7 +340,7 @@ async fn post_message(
 /// its response as `application/json`, or, once the gateway has something
 /// to send about it first (a request to the client, progress), an event
 /// stream carrying those messages and then the response.
-async fn answer(gateway: Arc<Gateway>, message: Value, streams: bool) -> Response {
+async fn answer(gateway: Arc<Gateway>, message: Value, streams: bool, busy: Busy) -> Response {
     let is_request = message.get("method").is_some() && message.get("id").is_some();
     let (sink, mut about) = mpsc::unbounded_channel();
     let sink = streams.then_some(sink);
@@ -336,6 +384,7 @@ async fn answer(gateway: Arc<Gateway>, message: Value, streams: bool) -> Respons
         {
             let _ = tx.send(event(&reply)).await;
         }
+        drop(busy);
     });
     (
         StatusCode::OK,
@@ -356,6 +405,7 @@ async fn open_stream(State(served): State<Arc<Served>>, headers: HeaderMap) -> R
         Ok(found) => found,
         Err((status, message)) => return error(status, message),
     };
+    session.touch();
     // One stream per session: it takes the session's notifications.
     let Ok(mut notes) = session.notes.clone().try_lock_owned() else {
         return error(StatusCode::CONFLICT, "the session's stream is already open");
@@ -391,6 +441,40 @@ async fn end_session(State(served): State<Arc<Served>>, headers: HeaderMap) -> R
     served.sessions.lock().await.remove(&id);
     session.gateway.shutdown().await;
     StatusCode::OK.into_response()
+}
+
+/// Ends the sessions clients have left (most never send DELETE), with
+/// their children, checking a few times per idle period.
+async fn end_abandoned(served: std::sync::Weak<Served>) {
+    let Some(idle) = served.upgrade().map(|s| s.idle) else {
+        return;
+    };
+    let mut tick = tokio::time::interval((idle / 4).clamp(
+        std::time::Duration::from_millis(250),
+        std::time::Duration::from_secs(30),
+    ));
+    loop {
+        tick.tick().await;
+        let Some(served) = served.upgrade() else {
+            return;
+        };
+        let abandoned: Vec<Arc<Session>> = {
+            let mut sessions = served.sessions.lock().await;
+            let ids: Vec<String> = sessions
+                .iter()
+                .filter(|(_, s)| s.is_abandoned(idle))
+                .map(|(id, _)| id.clone())
+                .collect();
+            ids.iter().filter_map(|id| sessions.remove(id)).collect()
+        };
+        for session in abandoned {
+            tracing::info!(
+                idle_sec = idle.as_secs(),
+                "ending a session its client has left"
+            );
+            session.gateway.shutdown().await;
+        }
+    }
 }
 
 /// The proxy's uid.
@@ -494,6 +578,7 @@ pub async fn run(
     vault: Arc<VaultLink>,
     cwd: PathBuf,
     log_full: bool,
+    idle: std::time::Duration,
     listen: Option<Listen>,
     passed: Option<std::os::fd::OwnedFd>,
 ) -> std::io::Result<()> {
@@ -520,7 +605,9 @@ pub async fn run(
             Bound::Unix(..) => None,
         },
         sessions: Mutex::new(HashMap::new()),
+        idle,
     });
+    tokio::spawn(end_abandoned(Arc::downgrade(&served)));
     let app = Router::new()
         .route(
             "/mcp",

@@ -143,6 +143,9 @@ pub struct VaultLink {
     socket: PathBuf,
     channel: tokio::sync::Mutex<Option<Channel>>,
     routing: watch::Sender<Arc<Routing>>,
+    /// Whether the configuration feed is up (false until it first is, and
+    /// while the vault is away).
+    reachable: watch::Sender<bool>,
 }
 
 impl VaultLink {
@@ -152,6 +155,7 @@ impl VaultLink {
             socket: socket.to_owned(),
             channel: tokio::sync::Mutex::new(None),
             routing: watch::channel(Arc::new(Routing::empty())).0,
+            reachable: watch::channel(false).0,
         })
     }
 
@@ -215,6 +219,11 @@ impl VaultLink {
         self.routing.subscribe()
     }
 
+    /// A receiver that sees the vault go away (false) and come back.
+    pub fn watch_reachable(&self) -> watch::Receiver<bool> {
+        self.reachable.subscribe()
+    }
+
     /// Loads the configuration once.
     pub async fn load(&self) -> Result<(), VaultError> {
         let channel = self.channel().await?;
@@ -240,6 +249,8 @@ impl VaultLink {
                     tracing::warn!(error = %err, "lost the vault's configuration feed; retrying")
                 }
             }
+            self.reachable
+                .send_if_modified(|up| std::mem::replace(up, false));
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(5));
         }
@@ -267,6 +278,8 @@ impl VaultLink {
                 self.load().await?;
                 tracing::info!(generation, "routing configuration updated");
             }
+            self.reachable
+                .send_if_modified(|up| !std::mem::replace(up, true));
         }
         self.reset().await;
         Ok(())

@@ -124,6 +124,21 @@ impl Gateway {
                 gateway.notify_changed(&ListKind::ALL);
             }
         });
+        // While the vault is away no credential is released, so what the
+        // client can list shrinks; it is told (and told again when the
+        // vault is back, by the configuration reloaded above).
+        let weak = Arc::downgrade(&gateway);
+        let mut reachable = gateway.vault.watch_reachable();
+        tokio::spawn(async move {
+            while reachable.changed().await.is_ok() {
+                let Some(gateway) = weak.upgrade() else {
+                    return;
+                };
+                if !*reachable.borrow_and_update() {
+                    gateway.notify_changed(&ListKind::ALL);
+                }
+            }
+        });
         gateway
     }
 

@@ -259,3 +259,32 @@ fn two_trees_route_one_server_with_their_own_credentials() {
         "{scopes:?}"
     );
 }
+
+#[test]
+fn the_client_is_told_when_the_vault_goes_away_and_comes_back() {
+    let mut vault = Vault::start();
+    let path = vault.write_file("outage.yaml", &config("outage"));
+    vault.ctl(["apply", "-f", path.to_str().unwrap()]).ok();
+    vault
+        .ctl_input(["secret", "set", "ev-token", "EV_TOKEN"], FIRST.as_bytes())
+        .ok();
+    let mut client = crate::proxy_protocol::RawClient::start(&vault);
+    let listed = |client: &mut crate::proxy_protocol::RawClient, id: u64| {
+        client.send(json!({"jsonrpc": "2.0", "id": id, "method": "tools/list"}));
+        let list = client.until(|m| m["id"] == id);
+        list["result"]["tools"].as_array().unwrap().len()
+    };
+    assert!(listed(&mut client, 1) > 0);
+
+    // Without the vault no credential is released: the credentialed
+    // server's tools go, and the client hears that its list changed.
+    vault.kill9();
+    client.until(|m| m["method"] == "notifications/tools/list_changed");
+    assert_eq!(listed(&mut client, 2), 0);
+
+    // Back on the same socket: told again, and the tools return.
+    vault.spawn().unwrap();
+    client.until(|m| m["method"] == "notifications/tools/list_changed");
+    assert!(listed(&mut client, 3) > 0);
+    client.finish();
+}

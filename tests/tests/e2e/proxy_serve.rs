@@ -10,7 +10,8 @@
 //! workspace, while one without roots gets the `--cwd` workspace; a
 //! connection from another uid is closed unanswered; a call's
 //! progress comes on its own event stream before its result (and a client
-//! that accepts only JSON gets a JSON answer).
+//! that accepts only JSON gets a JSON answer); a session its client has
+//! left ends, with its downstream children.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -32,10 +33,15 @@ struct Served {
 
 impl Served {
     fn start(socket: &std::path::Path) -> Self {
+        Self::start_with(socket, &[])
+    }
+
+    fn start_with(socket: &std::path::Path, extra: &[&str]) -> Self {
         let mut child = Command::new(bin("mcplexer-proxy"))
             .arg("--socket")
             .arg(socket)
             .args(["serve", "--listen", "127.0.0.1:0", "--cwd", "/tmp"])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -331,4 +337,67 @@ fn another_user_cannot_use_the_proxy() {
     ];
     let (status, _) = served.raw("POST", &json_headers, INIT);
     assert!(status.contains(" 200 "), "{status}");
+}
+
+/// The pids of a process's children.
+fn children_of(pid: u32) -> Vec<u32> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    let mut children = Vec::new();
+    for task in tasks {
+        let path = task.unwrap().path().join("children");
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        children.extend(text.split_whitespace().map(|p| p.parse::<u32>().unwrap()));
+    }
+    children
+}
+
+/// Waits (up to 60 s) until `done` holds, checking every 100 ms.
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting: {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_session_its_client_left_ends_with_its_children() {
+    let vault = start();
+    let served = Served::start_with(&vault.socket, &["--session-idle-timeout", "2"]);
+    let json = [
+        ("Content-Type", "application/json"),
+        ("Accept", "application/json, text/event-stream"),
+    ];
+    let (status, head, _) = served.raw_full("POST", &json, INIT);
+    assert!(status.contains("200"), "{status}");
+    let id = session_id(&head);
+    let mut with_session = json.to_vec();
+    with_session.push(("Mcp-Session-Id", &id));
+    let (status, body) = served.raw(
+        "POST",
+        &with_session,
+        r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#,
+    );
+    assert!(
+        status.contains("200") && body.contains("ev__echo"),
+        "{status} {body}"
+    );
+    let proxy = served.child.id();
+    let started = children_of(proxy);
+    assert!(!started.is_empty(), "the session started no downstream");
+    // The client sends nothing more (any message would keep the session):
+    // its child stops with it, long before the child's own idle timeout.
+    wait_until("the session's downstream to stop", || {
+        let now = children_of(proxy);
+        started.iter().all(|pid| !now.contains(pid))
+    });
+    let (status, _) = served.raw(
+        "POST",
+        &with_session,
+        r#"{"jsonrpc":"2.0","id":3,"method":"ping"}"#,
+    );
+    assert!(status.contains("404"), "{status}");
 }
