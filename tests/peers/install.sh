@@ -2,7 +2,9 @@
 # Installs the real peers the end-to-end tests drive, at the versions pinned
 # here: the npm packages of package-lock.json (MCP server-everything, the
 # oidc-provider authorization server, playwright-core, which drives the
-# browser of the UI test) into node_modules/, and
+# browser of the UI test, the official MCP conformance suite that
+# conformance.mjs runs, and the MCP TypeScript SDK that our reference
+# server conformance_server.mjs is built on) into node_modules/, and
 # the Python packages of requirements.txt into .venv/. Idempotent and fast on
 # a re-run: each half is skipped while a stamp of its inputs (pins, tool
 # versions) matches. Run from anywhere; needs node + npm and python3 >= 3.10.
@@ -22,12 +24,15 @@ STAMP_TOOLS="node $(node --version) npm $(npm --version)"
 npm_stamp=$(stamp_of package.json package-lock.json)
 npm_stamp_file=node_modules/.mcplexer-peers-stamp
 # The entry points the tests run: server-everything's CLI, the
-# authorization server that oauth_server.mjs builds on and the browser
-# driver of ui_browser.mjs.
+# authorization server that oauth_server.mjs builds on, the browser
+# driver of ui_browser.mjs, the conformance suite's CLI (run by
+# conformance.mjs) and the SDK server of conformance_server.mjs.
 entries=(
     node_modules/@modelcontextprotocol/server-everything/dist/index.js
     node_modules/oidc-provider/lib/index.js
     node_modules/playwright-core/index.mjs
+    node_modules/@modelcontextprotocol/conformance/dist/index.js
+    node_modules/@modelcontextprotocol/sdk/dist/esm/server/index.js
 )
 all_present() {
     local entry

@@ -7,6 +7,7 @@ mod activation;
 mod authz;
 mod backup;
 mod bad_input;
+mod conformance;
 mod crash;
 mod hardening;
 mod hostile;
