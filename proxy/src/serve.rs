@@ -32,7 +32,10 @@ use axum::routing::post;
 use serde_json::{Value, json};
 use tokio::sync::{Mutex, mpsc};
 
-use crate::gateway::{Gateway, SUPPORTED_VERSIONS};
+use crate::gateway::{
+    Gateway, HEADER_MISMATCH, MODERN_VERSIONS, SUPPORTED_VERSIONS, UNSUPPORTED_VERSION,
+    stateless_version,
+};
 use crate::vault::VaultLink;
 
 /// The session header.
@@ -136,6 +139,85 @@ struct Served {
     sessions: Mutex<HashMap<String, Arc<Session>>>,
     /// How long a session the client has left is kept, with its children.
     idle: std::time::Duration,
+    /// What answers stateless (2026-07-28) requests, which belong to no
+    /// session; and how many of them are being answered.
+    stateless: Arc<Gateway>,
+    stateless_busy: Arc<AtomicUsize>,
+}
+
+/// A stateless request's HTTP headers checked against its body, which is
+/// what counts: the protocol version, the method and, for a request that
+/// names a tool, prompt or resource, that name (`Mcp-Name`, plain or
+/// `=?base64?…?=`).
+fn check_stateless(headers: &HeaderMap, message: &Value, version: &str) -> Result<(), String> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    match header(PROTOCOL) {
+        Some(given) if given == version => {}
+        Some(given) => {
+            return Err(format!(
+                "MCP-Protocol-Version {given:?} differs from the body's protocolVersion {version:?}"
+            ));
+        }
+        None => return Err("the MCP-Protocol-Version header is required".into()),
+    }
+    let method = message
+        .get("method")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let is_request = message.get("id").is_some();
+    match header("mcp-method") {
+        Some(given) if given == method => {}
+        Some(given) => {
+            return Err(format!(
+                "Mcp-Method {given:?} differs from the body's method {method:?}"
+            ));
+        }
+        None if is_request => return Err("the Mcp-Method header is required".into()),
+        None => {}
+    }
+    let named = match method {
+        "tools/call" | "prompts/get" => message.pointer("/params/name"),
+        "resources/read" => message.pointer("/params/uri"),
+        _ => None,
+    };
+    if let Some(named) = named.and_then(Value::as_str) {
+        let given = header("mcp-name").ok_or("the Mcp-Name header is required")?;
+        if header_text(given).as_deref() != Some(named) {
+            return Err(format!("Mcp-Name differs from the body's {named:?}"));
+        }
+    }
+    Ok(())
+}
+
+/// A header value as text: as sent, or decoded from `=?base64?…?=`.
+fn header_text(value: &str) -> Option<String> {
+    use base64::Engine as _;
+    match value
+        .strip_prefix("=?base64?")
+        .and_then(|rest| rest.strip_suffix("?="))
+    {
+        Some(encoded) => base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .ok()
+            .and_then(|bytes| String::from_utf8(bytes).ok()),
+        None => Some(value.to_owned()),
+    }
+}
+
+/// A 400 answer carrying a JSON-RPC error (the stateless revision's header
+/// and version errors).
+fn rejected(id: Option<&Value>, code: i64, message: &str, data: Option<Value>) -> Response {
+    let mut error = json!({"code": code, "message": message});
+    if let Some(data) = data {
+        error["data"] = data;
+    }
+    let body = json!({"jsonrpc": "2.0", "id": id.cloned().unwrap_or(Value::Null), "error": error});
+    (
+        StatusCode::BAD_REQUEST,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 fn is_loopback_host(host: &str) -> bool {
@@ -189,13 +271,35 @@ fn check(served: &Served, headers: &HeaderMap) -> Result<(), Refusal> {
             return Err((StatusCode::MISDIRECTED_REQUEST, "Invalid Host header"));
         }
     }
-    if let Some(version) = headers.get(PROTOCOL) {
-        let version = version.to_str().unwrap_or_default();
-        if !SUPPORTED_VERSIONS.contains(&version) {
-            return Err((StatusCode::BAD_REQUEST, "unsupported MCP-Protocol-Version"));
-        }
-    }
     Ok(())
+}
+
+/// Every version served, stateless ones first.
+fn all_versions() -> Vec<&'static str> {
+    MODERN_VERSIONS
+        .iter()
+        .chain(SUPPORTED_VERSIONS)
+        .copied()
+        .collect()
+}
+
+/// Refuses a request whose `MCP-Protocol-Version` names a version the
+/// proxy does not serve: 400 with -32022 and the versions it does.
+fn check_version(headers: &HeaderMap) -> Result<(), Box<Response>> {
+    let Some(version) = headers.get(PROTOCOL) else {
+        return Ok(());
+    };
+    let version = version.to_str().unwrap_or_default();
+    if all_versions().contains(&version) {
+        return Ok(());
+    }
+    let data = json!({"supported": all_versions(), "requested": version});
+    Err(Box::new(rejected(
+        None,
+        UNSUPPORTED_VERSION,
+        "unsupported MCP-Protocol-Version",
+        Some(data),
+    )))
 }
 
 async fn session_of(
@@ -226,6 +330,9 @@ async fn post_message(
 ) -> Response {
     if let Err((status, message)) = check(&served, &headers) {
         return error(status, message);
+    }
+    if let Err(refused) = check_version(&headers) {
+        return *refused;
     }
     if body.len() > MAX_BODY {
         return error(StatusCode::PAYLOAD_TOO_LARGE, "message too large");
@@ -259,6 +366,30 @@ async fn post_message(
                 .into_response();
         }
     };
+    // A stateless request (its _meta names a protocol version) belongs to
+    // no session, whatever headers come with it.
+    if let Some(version) = stateless_version(&message) {
+        let id = message.get("id");
+        if !MODERN_VERSIONS.contains(&version) {
+            let data = json!({"supported": all_versions(), "requested": version});
+            return rejected(
+                id,
+                UNSUPPORTED_VERSION,
+                "unsupported protocol version",
+                Some(data),
+            );
+        }
+        if let Err(why) = check_stateless(&headers, &message, version) {
+            return rejected(id, HEADER_MISMATCH, &why, None);
+        }
+        let streams = headers
+            .get_all(header::ACCEPT)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.contains("text/event-stream"));
+        let busy = Busy::new(&served.stateless_busy);
+        return answer(served.stateless.clone(), message, streams, busy, true).await;
+    }
     let initialize = message.get("method").and_then(Value::as_str) == Some("initialize");
     let (id, session) = if initialize {
         let Some(id) = new_session_id() else {
@@ -329,7 +460,7 @@ async fn post_message(
         .any(|v| v.contains("text/event-stream"));
     session.touch();
     let busy = Busy::new(&session.busy);
-    let mut response = answer(session.gateway.clone(), message, streams, busy).await;
+    let mut response = answer(session.gateway.clone(), message, streams, busy, false).await;
     if initialize && let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(SESSION, value);
     }
@@ -340,8 +471,19 @@ async fn post_message(
 /// its response as `application/json`, or, once the gateway has something
 /// to send about it first (a request to the client, progress), an event
 /// stream carrying those messages and then the response.
-async fn answer(gateway: Arc<Gateway>, message: Value, streams: bool, busy: Busy) -> Response {
+/// A stateless request is cancelled when its client closes the stream
+/// (`cancel_on_close`); a session's request goes on (that takes
+/// `notifications/cancelled`).
+async fn answer(
+    gateway: Arc<Gateway>,
+    message: Value,
+    streams: bool,
+    busy: Busy,
+    cancel_on_close: bool,
+) -> Response {
     let is_request = message.get("method").is_some() && message.get("id").is_some();
+    let request_id = message.get("id").cloned().filter(|_| is_request);
+    let canceller = gateway.clone();
     let (sink, mut about) = mpsc::unbounded_channel();
     let sink = streams.then_some(sink);
     let mut handling = tokio::spawn(async move { gateway.handle_in(message, sink).await });
@@ -373,10 +515,21 @@ async fn answer(gateway: Arc<Gateway>, message: Value, streams: bool, busy: Busy
         // A client that goes away does not cancel the request (that takes
         // notifications/cancelled): it still runs, and is audited.
         let mut open = true;
-        while let Some(note) = match first.take() {
-            Some(note) => Some(note),
-            None => about.recv().await,
-        } {
+        loop {
+            let note = match first.take() {
+                Some(note) => Some(note),
+                None => tokio::select! {
+                    note = about.recv() => note,
+                    () = tx.closed(), if open && cancel_on_close => {
+                        open = false;
+                        if let Some(id) = &request_id {
+                            canceller.cancel(id);
+                        }
+                        continue;
+                    }
+                },
+            };
+            let Some(note) = note else { break };
             open = open && tx.send(event(&note)).await.is_ok();
         }
         if let Ok(Some(reply)) = handling.await
@@ -400,6 +553,9 @@ async fn answer(gateway: Arc<Gateway>, message: Value, streams: bool, busy: Busy
 async fn open_stream(State(served): State<Arc<Served>>, headers: HeaderMap) -> Response {
     if let Err((status, message)) = check(&served, &headers) {
         return error(status, message);
+    }
+    if let Err(refused) = check_version(&headers) {
+        return *refused;
     }
     let (_, session) = match session_of(&served, &headers).await {
         Ok(found) => found,
@@ -433,6 +589,9 @@ async fn open_stream(State(served): State<Arc<Served>>, headers: HeaderMap) -> R
 async fn end_session(State(served): State<Arc<Served>>, headers: HeaderMap) -> Response {
     if let Err((status, message)) = check(&served, &headers) {
         return error(status, message);
+    }
+    if let Err(refused) = check_version(&headers) {
+        return *refused;
     }
     let (id, session) = match session_of(&served, &headers).await {
         Ok(found) => found,
@@ -595,6 +754,11 @@ pub async fn run(
         tracing::warn!(error = %err, "no routing configuration yet; calls fail until the vault answers");
     }
     tokio::spawn(vault.clone().follow());
+    // Nothing is sent unasked in the stateless era: whatever the stateless
+    // gateway has no request stream for goes nowhere.
+    let (unasked, mut dropped) = mpsc::unbounded_channel::<Value>();
+    tokio::spawn(async move { while dropped.recv().await.is_some() {} });
+    let stateless = Gateway::stateless(vault.clone(), cwd.clone(), log_full, unasked);
     let served = Arc::new(Served {
         vault,
         cwd,
@@ -606,6 +770,8 @@ pub async fn run(
         },
         sessions: Mutex::new(HashMap::new()),
         idle,
+        stateless,
+        stateless_busy: Arc::new(AtomicUsize::new(0)),
     });
     tokio::spawn(end_abandoned(Arc::downgrade(&served)));
     let app = Router::new()
@@ -614,7 +780,8 @@ pub async fn run(
             post(post_message).get(open_stream).delete(end_session),
         )
         .with_state(served.clone());
-    let shutdown = async {
+    let closing = served.clone();
+    let shutdown = async move {
         use tokio::signal::unix::{SignalKind, signal};
         if let (Ok(mut term), Ok(mut int)) = (
             signal(SignalKind::terminate()),
@@ -626,6 +793,12 @@ pub async fn run(
             }
         } else {
             std::future::pending::<()>().await;
+        }
+        // Listen streams stay open until ended: end them, so the server
+        // can finish its connections.
+        closing.stateless.close_streams();
+        for session in closing.sessions.lock().await.values() {
+            session.gateway.close_streams();
         }
     };
     match bound {
@@ -660,5 +833,6 @@ pub async fn run(
     for session in sessions {
         session.gateway.shutdown().await;
     }
+    served.stateless.shutdown().await;
     Ok(())
 }

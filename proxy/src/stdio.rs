@@ -73,7 +73,15 @@ pub async fn run(vault: Arc<VaultLink>, cwd: PathBuf, log_full: bool) -> std::io
     }
     // stdin closed: answer what is in flight (each call has its own
     // timeout), then stop the children and deliver the audit records.
-    while in_flight.join_next().await.is_some() {}
+    // Listen streams last until cancelled: the client is gone, so they end
+    // (again while requests still finish, in case one opened since).
+    while !in_flight.is_empty() {
+        gateway.close_streams();
+        tokio::select! {
+            _ = in_flight.join_next() => {}
+            () = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
+        }
+    }
     gateway.shutdown().await;
     drop(gateway);
     drop(out_tx);

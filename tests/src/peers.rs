@@ -61,7 +61,9 @@ pub fn mcp_client_http(url: &str, script: &serde_json::Value) -> serde_json::Val
 }
 
 /// Like [`mcp_client_http`], with a client that declares the `roots`
-/// capability and answers `roots/list` with `roots` (URIs, in order).
+/// capability and answers `roots/list` with `roots` (URIs, in order). With
+/// roots it speaks the session protocol (`--mode legacy`): only a session
+/// lets the proxy ask the client for its roots.
 pub fn mcp_client_http_roots(
     url: &str,
     roots: &[&str],
@@ -71,9 +73,20 @@ pub fn mcp_client_http_roots(
     cmd.arg(peers_dir().join("mcp_client.py"))
         .arg("--url")
         .arg(url);
+    if !roots.is_empty() {
+        cmd.args(["--mode", "legacy"]);
+    }
     for root in roots {
         cmd.arg("--root").arg(root);
     }
+    run_driver(cmd, script)
+}
+
+/// Runs `tests/peers/mcp_client.py ARGS` (its options, then `-- COMMAND
+/// …` or `--url URL`) with `script`; returns the driver's JSON.
+pub fn mcp_client_args(args: &[String], script: &serde_json::Value) -> serde_json::Value {
+    let mut cmd = Command::new(python());
+    cmd.arg(peers_dir().join("mcp_client.py")).args(args);
     run_driver(cmd, script)
 }
 

@@ -15,6 +15,7 @@ pub const INTERNAL_ERROR: i64 = -32603;
 pub const RESOURCE_NOT_FOUND: i64 = -32002;
 
 /// An error answered to the client.
+#[derive(Debug)]
 pub struct CallError {
     pub code: i64,
     pub message: String,

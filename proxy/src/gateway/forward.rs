@@ -146,9 +146,11 @@ impl Gateway {
             name: &resolved.rule_name,
             rule: &rule_id,
         };
+        let mut forwarded = resolved.params;
+        super::era::for_downstream(&mut forwarded);
         let (answer, credential) = self
             .pool
-            .request(&target, method.name(), resolved.params, Some(cancel), sink)
+            .request(&target, method.name(), forwarded, Some(cancel), sink)
             .await;
         let outcome = match answer {
             Ok(Ok(result)) if *method == Method::ToolsCall => {

@@ -56,6 +56,10 @@ pub enum Method {
     Complete,
     /// `logging/setLevel`.
     SetLevel,
+    /// `server/discover` (2026-07-28).
+    Discover,
+    /// `subscriptions/listen` (2026-07-28).
+    Listen,
     /// Anything else: answered "method not found".
     Unknown(String),
 }
@@ -76,6 +80,8 @@ impl Method {
             "resources/unsubscribe" => Self::ResourcesUnsubscribe,
             "completion/complete" => Self::Complete,
             "logging/setLevel" => Self::SetLevel,
+            "server/discover" => Self::Discover,
+            "subscriptions/listen" => Self::Listen,
             other => Self::Unknown(other.to_owned()),
         }
     }
@@ -96,6 +102,8 @@ impl Method {
             Self::ResourcesUnsubscribe => "resources/unsubscribe",
             Self::Complete => "completion/complete",
             Self::SetLevel => "logging/setLevel",
+            Self::Discover => "server/discover",
+            Self::Listen => "subscriptions/listen",
             Self::Unknown(name) => name,
         }
     }
@@ -195,7 +203,13 @@ mod tests {
             Incoming::parse(json!({"id": 1})).unwrap_err(),
             Invalid::Shapeless
         );
-        for name in ["tools/call", "resources/templates/list", "logging/setLevel"] {
+        for name in [
+            "tools/call",
+            "resources/templates/list",
+            "logging/setLevel",
+            "server/discover",
+            "subscriptions/listen",
+        ] {
             assert_eq!(Method::of(name).name(), name);
         }
     }

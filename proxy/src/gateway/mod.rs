@@ -18,6 +18,7 @@
 //! Trust: the client is untrusted. What it may reach is decided by the
 //! route rules and, for credentials, by the vault from our uid.
 
+mod era;
 mod error;
 mod forward;
 mod lists;
@@ -36,10 +37,12 @@ use tokio::sync::{Mutex, mpsc};
 pub use crate::downstream::Sink;
 use crate::downstream::{Downstream, Event, ListKind};
 use crate::vault::{VaultError, VaultLink};
+use era::Era;
+pub use era::{HEADER_MISMATCH, MODERN_VERSIONS, UNSUPPORTED_VERSION, stateless_version};
 use error::{CallError, INVALID_REQUEST, METHOD_NOT_FOUND, response};
 use message::{Incoming, Invalid, Method, Notification};
 use pool::{Pool, call_timeout};
-use session::ClientSession;
+use session::{ClientSession, Listener};
 
 /// Protocol versions the proxy speaks to clients, newest first.
 pub const SUPPORTED_VERSIONS: &[&str] = &["2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05"];
@@ -79,13 +82,28 @@ impl Gateway {
         log_full: bool,
         out: mpsc::UnboundedSender<Value>,
     ) -> Arc<Self> {
+        Self::with_session(vault, ClientSession::new(cwd, use_roots, out), log_full)
+    }
+
+    /// A gateway for stateless (2026-07-28) requests only: what `serve`
+    /// answers requests without a session with.
+    pub fn stateless(
+        vault: Arc<VaultLink>,
+        cwd: PathBuf,
+        log_full: bool,
+        out: mpsc::UnboundedSender<Value>,
+    ) -> Arc<Self> {
+        Self::with_session(vault, ClientSession::stateless(cwd, out), log_full)
+    }
+
+    fn with_session(vault: Arc<VaultLink>, session: ClientSession, log_full: bool) -> Arc<Self> {
         let (events, mut rx) = mpsc::unbounded_channel();
         let (audit_tx, audit_rx) = mpsc::unbounded_channel::<pb::AuditRecord>();
         let audit_task = tokio::spawn(deliver_audit(vault.clone(), audit_rx));
         let gateway = Arc::new(Self {
             pool: Pool::new(vault.clone(), events),
             vault,
-            session: ClientSession::new(cwd, use_roots, out),
+            session,
             log_full,
             resources: std::sync::Mutex::default(),
             subscriptions: std::sync::Mutex::default(),
@@ -142,17 +160,88 @@ impl Gateway {
         gateway
     }
 
-    /// Tells the client that lists it may have read changed.
+    /// Tells the client that lists it may have read changed: on the
+    /// session's stream, or for a stateless client on each of its listen
+    /// streams that asked for that list.
     fn notify_changed(&self, kinds: &[ListKind]) {
-        let mut sent = Vec::new();
+        let mut methods: Vec<(&str, &str)> = Vec::new();
         for kind in kinds {
-            let method = kind.changed();
-            if !sent.contains(&method) {
-                sent.push(method);
+            let asked = match kind {
+                ListKind::Tools => "toolsListChanged",
+                ListKind::Prompts => "promptsListChanged",
+                ListKind::Resources | ListKind::Templates => "resourcesListChanged",
+            };
+            if !methods.iter().any(|(m, _)| *m == kind.changed()) {
+                methods.push((kind.changed(), asked));
+            }
+        }
+        if self.session.era() != Some(Era::Modern) {
+            for (method, _) in methods {
                 self.session
                     .send(json!({"jsonrpc": "2.0", "method": method}), None);
             }
+            return;
         }
+        for listener in self.session.listeners() {
+            for (method, asked) in &methods {
+                if listener.filter.get(*asked).and_then(Value::as_bool) == Some(true) {
+                    let note = json!({"jsonrpc": "2.0", "method": method, "params": {
+                        "_meta": {era::META_SUBSCRIPTION: listener.id}}});
+                    self.session.send(note, listener.sink.as_ref());
+                }
+            }
+        }
+    }
+
+    /// Ends every open listen stream (its client is going away).
+    pub fn close_streams(&self) {
+        for listener in self.session.listeners() {
+            self.session.cancel(&listener.id);
+        }
+    }
+
+    /// Cancels a client request, as `notifications/cancelled` would (a
+    /// stateless HTTP client cancels by closing the request's stream).
+    pub fn cancel(&self, request: &Value) {
+        self.session.cancel(request);
+    }
+
+    /// `subscriptions/listen`: acknowledges what is honoured on the
+    /// request's stream, then keeps it open for list changes until the
+    /// client cancels it (it then gets no response).
+    async fn listen(
+        &self,
+        id: &Value,
+        params: &Value,
+        sink: Option<Sink>,
+    ) -> Result<Value, CallError> {
+        let filter = era::honoured(params.get("notifications").unwrap_or(&Value::Null));
+        let Some((_live, mut cancel)) = self.session.begin(id, "", None, sink.clone()) else {
+            return Err(CallError::new(
+                INVALID_REQUEST,
+                format!("request id {id} is already in use by a request in flight"),
+            ));
+        };
+        let listener = Listener {
+            id: id.clone(),
+            filter: filter.clone(),
+            sink: sink.clone(),
+        };
+        if !self.session.listen(listener) {
+            return Err(CallError::new(
+                error::INTERNAL_ERROR,
+                "too many listen streams are open in this session",
+            ));
+        }
+        let ack = json!({"jsonrpc": "2.0", "method": "notifications/subscriptions/acknowledged",
+            "params": {"notifications": filter, "_meta": {era::META_SUBSCRIPTION: id}}});
+        self.session.send(ack, sink.as_ref());
+        let _ = cancel.wait_for(|c| *c).await;
+        self.session.unlisten(id);
+        Err(CallError {
+            cancelled: true,
+            ..CallError::new(error::INTERNAL_ERROR, "cancelled")
+        })
     }
 
     async fn on_event(self: &Arc<Self>, event: Event) {
@@ -244,6 +333,13 @@ impl Gateway {
     /// subscribed to (under the URI the client knows), or the end of a URL
     /// elicitation.
     fn relay_note(&self, server_id: &str, mut message: Value) {
+        // A stateless client gets log messages only on the stream of a
+        // request that asked for them, and resource updates only on a
+        // listen stream that asked for them: neither is relayed in this era
+        // yet, and nothing is sent unasked.
+        if self.session.era() == Some(Era::Modern) {
+            return;
+        }
         let method = message
             .get("method")
             .and_then(Value::as_str)
@@ -404,9 +500,24 @@ impl Gateway {
             // Neither a request nor a notification: nothing to answer.
             Err(Invalid::Shapeless) => return None,
         };
-        let result = match method {
+        let era = match era::of_request(&params).and_then(|era| {
+            self.session.adopt(era)?;
+            Ok(era)
+        }) {
+            Ok(era) => era,
+            Err(err) => return Some(response(&id, Err(err))),
+        };
+        let result = match &method {
             Method::Initialize => Ok(self.initialize(&params)),
             Method::Ping => Ok(json!({})),
+            Method::Discover => Ok(era::discover()),
+            Method::Listen => {
+                let result = self.listen(&id, &params, sink).await;
+                if result.as_ref().is_err_and(|e| e.cancelled) {
+                    return None;
+                }
+                result
+            }
             Method::ToolsList => self.list(ListKind::Tools, &params, sink.as_ref()).await,
             Method::PromptsList => self.list(ListKind::Prompts, &params, sink.as_ref()).await,
             Method::ResourcesList => self.list(ListKind::Resources, &params, sink.as_ref()).await,
@@ -431,6 +542,10 @@ impl Gateway {
                 METHOD_NOT_FOUND,
                 format!("method {other} is not served by mcplexer-proxy"),
             )),
+        };
+        let result = match era {
+            Era::Modern => result.map(|r| era::complete(r, &method)),
+            Era::Legacy => result,
         };
         Some(response(&id, result))
     }

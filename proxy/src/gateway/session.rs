@@ -11,6 +11,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::sync::{Mutex, mpsc, oneshot, watch};
 
+use super::era::Era;
+use super::error::CallError;
 use crate::downstream::Sink;
 
 /// How long the client has to answer `roots/list` when the gateway asks
@@ -58,6 +60,22 @@ pub struct ClientSession {
     live: std::sync::Mutex<HashMap<String, Live>>,
     /// The session's own stream.
     out: mpsc::UnboundedSender<Value>,
+    /// The era of the connection, set by its first request.
+    era: std::sync::Mutex<Option<Era>>,
+    /// Open `subscriptions/listen` requests (stateless clients), by
+    /// request id: what they asked for and where their stream is.
+    listeners: std::sync::Mutex<HashMap<String, Listener>>,
+}
+
+/// An open `subscriptions/listen` request.
+#[derive(Clone)]
+pub struct Listener {
+    /// Its request id: every notification on it carries it.
+    pub id: Value,
+    /// What it asked for and the proxy honours.
+    pub filter: Value,
+    /// Its own stream, if it has one.
+    pub sink: Option<Sink>,
 }
 
 impl ClientSession {
@@ -73,7 +91,71 @@ impl ClientSession {
             next_ask: AtomicU64::new(1),
             live: std::sync::Mutex::new(HashMap::new()),
             out,
+            era: std::sync::Mutex::new(None),
+            listeners: std::sync::Mutex::new(HashMap::new()),
         }
+    }
+
+    /// A session that speaks only the stateless era (the shared one behind
+    /// `serve` for requests without a session).
+    pub fn stateless(cwd: PathBuf, out: mpsc::UnboundedSender<Value>) -> Self {
+        let session = Self::new(cwd, false, out);
+        *session
+            .era
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Era::Modern);
+        session
+    }
+
+    /// Takes a request of `era`: the first request sets the connection's
+    /// era; one of the other era is refused.
+    pub fn adopt(&self, era: Era) -> Result<(), CallError> {
+        let mut current = self
+            .era
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match *current {
+            None => {
+                *current = Some(era);
+                Ok(())
+            }
+            Some(locked) if locked == era => Ok(()),
+            Some(locked) => Err(super::era::mixed(locked)),
+        }
+    }
+
+    /// The connection's era, once known.
+    pub fn era(&self) -> Option<Era> {
+        *self
+            .era
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn lock_listeners(&self) -> std::sync::MutexGuard<'_, HashMap<String, Listener>> {
+        self.listeners
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Opens a listen stream (at most [`MAX_ASKS`] per session).
+    pub fn listen(&self, listener: Listener) -> bool {
+        let mut listeners = self.lock_listeners();
+        if listeners.len() >= MAX_ASKS {
+            return false;
+        }
+        listeners.insert(listener.id.to_string(), listener);
+        true
+    }
+
+    /// Closes a listen stream.
+    pub fn unlisten(&self, id: &Value) {
+        self.lock_listeners().remove(&id.to_string());
+    }
+
+    /// The open listen streams.
+    pub fn listeners(&self) -> Vec<Listener> {
+        self.lock_listeners().values().cloned().collect()
     }
 
     /// Records what the client declared at `initialize`.

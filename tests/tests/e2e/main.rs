@@ -19,6 +19,7 @@ mod peers;
 mod peers_smoke;
 mod probe;
 mod proxy;
+mod proxy_eras;
 mod proxy_http;
 mod proxy_lifecycle;
 mod proxy_protocol;

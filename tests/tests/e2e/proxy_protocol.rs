@@ -32,6 +32,22 @@ impl RawClient {
 
     /// A client that declares `capabilities` at `initialize`.
     pub(crate) fn start_with(vault: &Vault, capabilities: Value) -> Self {
+        let mut client = Self::spawn(vault);
+        client.send(
+            json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18",
+            "capabilities": capabilities,
+            "clientInfo": {"name": "raw", "version": "1"}}}),
+        );
+        let init = client.until(|m| m["id"] == 0);
+        assert_eq!(init["result"]["protocolVersion"], "2025-06-18", "{init:#}");
+        client.send(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
+        client
+    }
+
+    /// A client that has sent nothing yet (a stateless one starts with
+    /// its first request).
+    pub(crate) fn spawn(vault: &Vault) -> Self {
         let node_dir = node().parent().unwrap().display().to_string();
         let mut child = Command::new(bin("mcplexer-proxy"))
             .arg("--socket")
@@ -54,23 +70,13 @@ impl RawClient {
         });
         let stdin = child.stdin.take();
         let stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut client = Self {
+        Self {
             child,
             stdin,
             stdout,
             seen: Vec::new(),
             log,
-        };
-        client.send(
-            json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
-            "protocolVersion": "2025-06-18",
-            "capabilities": capabilities,
-            "clientInfo": {"name": "raw", "version": "1"}}}),
-        );
-        let init = client.until(|m| m["id"] == 0);
-        assert_eq!(init["result"]["protocolVersion"], "2025-06-18", "{init:#}");
-        client.send(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
-        client
+        }
     }
 
     pub(crate) fn send_line(&mut self, line: &str) {
