@@ -117,6 +117,17 @@ pub fn listing_scope(
     None
 }
 
+/// What a server's `initialize` result says to do, if anything.
+pub fn instructions_of(downstream: &dyn Downstream) -> Option<String> {
+    downstream
+        .initialized()?
+        .get("instructions")?
+        .as_str()
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned)
+}
+
 /// The field of an item that names it for the rules, and the one that
 /// the client addresses it by.
 fn fields(kind: ListKind) -> (&'static str, &'static str) {

@@ -116,6 +116,8 @@ pub enum Notification {
     Cancelled,
     /// `notifications/roots/list_changed`.
     RootsChanged,
+    /// `notifications/initialized`.
+    Initialized,
     /// Anything else (`notifications/initialized`, ...): nothing to do.
     Other,
 }
@@ -148,6 +150,7 @@ impl Incoming {
                 method: match method {
                     "notifications/cancelled" => Notification::Cancelled,
                     "notifications/roots/list_changed" => Notification::RootsChanged,
+                    "notifications/initialized" => Notification::Initialized,
                     _ => Notification::Other,
                 },
                 params,

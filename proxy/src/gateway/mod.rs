@@ -47,6 +47,10 @@ use session::{ClientSession, Listener};
 /// Protocol versions the proxy speaks to clients, newest first.
 pub const SUPPORTED_VERSIONS: &[&str] = &["2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05"];
 
+/// How long `initialize` waits for the servers' instructions (each
+/// server is started as the first listing would start it).
+const INSTRUCTIONS_WAIT: Duration = Duration::from_secs(5);
+
 /// Log messages relayed per server per second at most; the rest are
 /// dropped (a chatty server cannot flood the client).
 const LOG_RATE: u32 = 100;
@@ -176,6 +180,11 @@ impl Gateway {
             }
         }
         if self.session.era() != Some(Era::Modern) {
+            // Not before the client is initialised (it lists what there is
+            // then); not at all to one that has not begun.
+            if !self.session.is_ready() {
+                return;
+            }
             for (method, _) in methods {
                 self.session
                     .send(json!({"jsonrpc": "2.0", "method": method}), None);
@@ -508,9 +517,31 @@ impl Gateway {
             Err(err) => return Some(response(&id, Err(err))),
         };
         let result = match &method {
-            Method::Initialize => Ok(self.initialize(&params)),
+            Method::Initialize => {
+                let mut result = self.initialize(&params);
+                // A client whose roots pick its workspace cannot be asked
+                // for them before it is initialised: its servers are not
+                // known yet.
+                if !self.session.roots_pick() {
+                    let dir = self.session.cwd.clone();
+                    if let Some(text) = self.instructions(&dir, true).await {
+                        result["instructions"] = Value::String(text);
+                    }
+                }
+                Ok(result)
+            }
             Method::Ping => Ok(json!({})),
-            Method::Discover => Ok(era::discover()),
+            Method::Discover => {
+                // Answered at once (a slow answer reads as "no stateless
+                // support" to a probing client): only what running servers
+                // said.
+                let mut result = era::discover();
+                let dir = self.session.cwd.clone();
+                if let Some(text) = self.instructions(&dir, false).await {
+                    result["instructions"] = Value::String(text);
+                }
+                Ok(result)
+            }
             Method::Listen => {
                 let result = self.listen(&id, &params, sink).await;
                 if result.as_ref().is_err_and(|e| e.cancelled) {
@@ -575,6 +606,7 @@ impl Gateway {
                     }
                 }
             }
+            Notification::Initialized => self.session.set_ready(),
             Notification::Other => {}
         }
     }
@@ -611,6 +643,58 @@ impl Gateway {
             },
             "serverInfo": {"name": "mcplexer-proxy", "version": env!("CARGO_PKG_VERSION")},
         })
+    }
+
+    /// The instructions of the servers this client may reach from `dir`,
+    /// each under a heading with its namespace; with `start`, servers not
+    /// running yet are started (within [`INSTRUCTIONS_WAIT`] in all).
+    async fn instructions(self: &Arc<Self>, dir: &std::path::Path, start: bool) -> Option<String> {
+        let routing = self.vault.routing();
+        let mut tasks = tokio::task::JoinSet::new();
+        for server in routing.servers.values() {
+            let Some((scope, rule)) = lists::listing_scope(&routing, dir, &server.id) else {
+                continue;
+            };
+            let (gateway, server) = (self.clone(), server.clone());
+            tasks.spawn(async move {
+                let target = pool::Target {
+                    server: &server,
+                    scope,
+                    name: "",
+                    rule: &rule,
+                };
+                let text = if start {
+                    gateway.started_instructions(&target).await
+                } else {
+                    gateway.pool.running_instructions(&target).await
+                };
+                text.map(|text| (server.tool_namespace.clone(), text))
+            });
+        }
+        let mut found = Vec::new();
+        let deadline = tokio::time::Instant::now() + INSTRUCTIONS_WAIT;
+        while let Ok(Some(done)) = tokio::time::timeout_at(deadline, tasks.join_next()).await {
+            if let Ok(Some(one)) = done {
+                found.push(one);
+            }
+        }
+        found.sort();
+        let text: Vec<String> = found
+            .into_iter()
+            .map(|(namespace, text)| format!("## {namespace}\n\n{text}"))
+            .collect();
+        (!text.is_empty()).then(|| text.join("\n\n"))
+    }
+
+    /// A server's instructions, starting (or initialising) it if need be.
+    async fn started_instructions(&self, target: &pool::Target<'_>) -> Option<String> {
+        let (downstream, credential) = self.pool.acquire(target).await.ok()?;
+        if downstream.initialized().is_none() {
+            let call =
+                crate::downstream::Call::plain(credential.as_ref(), call_timeout(target.server));
+            let _ = downstream.request("ping", json!({}), call).await;
+        }
+        lists::instructions_of(&*downstream)
     }
 
     /// `logging/setLevel`: remembered for downstreams made later, and sent

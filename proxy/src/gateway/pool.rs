@@ -178,6 +178,29 @@ impl Pool {
         (&*session as &dyn Downstream).lists().get(kind)
     }
 
+    /// The instructions of the target's downstream if one is running and
+    /// initialised (nothing is started or released for this).
+    pub async fn running_instructions(&self, target: &Target<'_>) -> Option<String> {
+        let key = (target.server.id.clone(), target.scope.clone());
+        let running: Option<Arc<dyn Downstream>> = match target.server.transport.as_str() {
+            "http" => self
+                .sessions
+                .lock()
+                .await
+                .get(&key)
+                .map(|s| s.clone() as Arc<dyn Downstream>),
+            _ => self
+                .children
+                .lock()
+                .await
+                .get(&key)
+                .filter(|c| c.is_alive())
+                .map(|c| c.clone() as Arc<dyn Downstream>),
+        };
+        let running = running.filter(|d| d.spec() == target.server)?;
+        super::lists::instructions_of(&*running)
+    }
+
     /// Sends one request to the target; a stdio child found dead before
     /// the request reached it is replaced once (a request that reached a
     /// downstream is never sent twice). Returns the answer and the

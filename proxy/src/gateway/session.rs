@@ -46,6 +46,9 @@ pub struct ClientSession {
     use_roots: bool,
     /// Set at `initialize` when the client's roots pick the workspace.
     roots_wanted: AtomicBool,
+    /// Set when the client says it is initialised: before that, a session
+    /// client is sent no notifications of ours.
+    ready: AtomicBool,
     /// The directory of the client's first root once asked (`None`: not
     /// asked yet, or its roots changed since). The lock makes concurrent
     /// requests share one `roots/list`.
@@ -85,6 +88,7 @@ impl ClientSession {
             cwd,
             use_roots,
             roots_wanted: AtomicBool::new(false),
+            ready: AtomicBool::new(false),
             root_dir: Mutex::new(None),
             capabilities: std::sync::Mutex::new(json!({})),
             asked: std::sync::Mutex::new(HashMap::new()),
@@ -167,6 +171,21 @@ impl ClientSession {
             .capabilities
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = capabilities.clone();
+    }
+
+    /// The client said it is initialised.
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether notifications may be sent to a session client.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    /// Whether the client's roots pick its workspace.
+    pub fn roots_pick(&self) -> bool {
+        self.roots_wanted.load(Ordering::SeqCst)
     }
 
     /// What the client declared of `capability`, if it did.

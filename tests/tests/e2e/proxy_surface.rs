@@ -4,8 +4,9 @@
 //! the credential, resource templates and completion routed, a log level
 //! passed on and log messages relayed with the server named, sampling and
 //! elicitation requests relayed to a client that declared them (and the
-//! sampling tool absent for one that did not), and every forwarded request
-//! audited with its method.
+//! sampling tool absent for one that did not), the server's instructions
+//! under its namespace, and every forwarded request audited with its
+//! method.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -62,13 +63,17 @@ fn prompts_resources_completion_and_logging_pass_through_the_rules() {
     let vault = setup();
     let mut client = RawClient::start(&vault);
 
-    let init = &client.seen[0];
+    let init = client.seen.iter().find(|m| m["id"] == 0).unwrap().clone();
     for capability in ["prompts", "resources", "completions", "logging"] {
         assert!(
             init["result"]["capabilities"][capability].is_object(),
             "{init:#}"
         );
     }
+    // The servers' instructions, each under its namespace.
+    let instructions = init["result"]["instructions"].as_str().unwrap_or_default();
+    assert!(instructions.starts_with("## ev\n\n"), "{init:#}");
+    assert!(instructions.len() > 20, "{init:#}");
 
     // Prompts: named like tools; a deny rule hides one and refuses it.
     let prompts = request(&mut client, 1, "prompts/list", json!({}));
