@@ -482,11 +482,18 @@ async fn answer(
     cancel_on_close: bool,
 ) -> Response {
     let is_request = message.get("method").is_some() && message.get("id").is_some();
-    let request_id = message.get("id").cloned().filter(|_| is_request);
+    // A stateless request is tracked by a key of its own: requests of
+    // different clients share the stateless gateway, and their ids may be
+    // the same.
+    let key = (cancel_on_close && is_request).then(|| {
+        static NEXT: AtomicUsize = AtomicUsize::new(1);
+        format!("http-{}", NEXT.fetch_add(1, Ordering::Relaxed))
+    });
+    let cancel_key = key.clone();
     let canceller = gateway.clone();
     let (sink, mut about) = mpsc::unbounded_channel();
     let sink = streams.then_some(sink);
-    let mut handling = tokio::spawn(async move { gateway.handle_in(message, sink).await });
+    let mut handling = tokio::spawn(async move { gateway.handle_keyed(message, sink, key).await });
     let mut first = tokio::select! {
         biased;
         Some(note) = about.recv() => Some(note),
@@ -522,8 +529,8 @@ async fn answer(
                     note = about.recv() => note,
                     () = tx.closed(), if open && cancel_on_close => {
                         open = false;
-                        if let Some(id) = &request_id {
-                            canceller.cancel(id);
+                        if let Some(key) = &cancel_key {
+                            canceller.cancel(key);
                         }
                         continue;
                     }

@@ -17,7 +17,12 @@
 //!   client with the variable the proxy would inject, calling `echo`;
 //! * **proxy**: `mcplexer-proxy --socket <vault socket> stdio`, calling
 //!   `ev__echo` (each call is a real, audited release, then the forward);
-//! * **proxy, no credential** (control): the same proxy process, `nc__echo`.
+//! * **proxy, no credential** (control): the same proxy process, `nc__echo`;
+//! * **prompts/get** of `simple-prompt` and **resources/read** of
+//!   `demo://resource/dynamic/text/1` (a template's URI), each direct and
+//!   through the proxy (`ev__simple-prompt`; `ev+<uri>`, since both servers
+//!   of the run have that URI), each a release
+//!   and an audit record through the proxy like a call.
 //!
 //! As a component it also times `Vault/GetCredential` made by this process
 //! itself, as the proxy makes it. After a warm-up of each, blocks of calls
@@ -79,14 +84,26 @@ enum System {
     Proxy,
     Control,
     Release,
+    DirectPrompt,
+    ProxyPrompt,
+    DirectRead,
+    ProxyRead,
 }
 
-const SYSTEMS: [System; 4] = [
+const SYSTEMS: [System; 8] = [
     System::Direct,
     System::Proxy,
     System::Control,
     System::Release,
+    System::DirectPrompt,
+    System::ProxyPrompt,
+    System::DirectRead,
+    System::ProxyRead,
 ];
+
+/// The prompt and the resource of the prompts/get and resources/read rows.
+const PROMPT: &str = "simple-prompt";
+const RESOURCE: &str = "demo://resource/dynamic/text/1";
 
 impl System {
     fn name(self) -> &'static str {
@@ -95,6 +112,10 @@ impl System {
             System::Proxy => "proxy, credential per call",
             System::Control => "proxy, no credential (control)",
             System::Release => "vault GetCredential alone (component)",
+            System::DirectPrompt => "prompts/get direct",
+            System::ProxyPrompt => "prompts/get through the proxy, credential per request",
+            System::DirectRead => "resources/read direct",
+            System::ProxyRead => "resources/read through the proxy, credential per request",
         }
     }
 }
@@ -235,6 +256,23 @@ impl McpClient {
         let is_error = result.get("isError").and_then(Value::as_bool) == Some(true);
         if is_error || text.strip_prefix("Echo: ") != Some(MESSAGE) {
             self.fail(&format!("unexpected echo result: {result}"));
+        }
+    }
+
+    /// One `prompts/get` of a prompt without arguments; checks it has a
+    /// message.
+    async fn prompt(&mut self, name: &str) {
+        let result = self.request("prompts/get", json!({"name": name})).await;
+        if result["messages"].as_array().is_none_or(Vec::is_empty) {
+            self.fail(&format!("unexpected prompts/get result: {result}"));
+        }
+    }
+
+    /// One `resources/read`; checks the contents name the URI read.
+    async fn read(&mut self, uri: &str) {
+        let result = self.request("resources/read", json!({"uri": uri})).await;
+        if result["contents"][0]["uri"] != uri {
+            self.fail(&format!("unexpected resources/read result: {result}"));
         }
     }
 
@@ -633,6 +671,12 @@ impl Sessions {
             System::Direct => self.direct.echo("echo").await,
             System::Proxy => self.proxy.echo("ev__echo").await,
             System::Control => self.proxy.echo("nc__echo").await,
+            System::DirectPrompt => self.direct.prompt(PROMPT).await,
+            System::ProxyPrompt => self.proxy.prompt(&format!("ev__{PROMPT}")).await,
+            System::DirectRead => self.direct.read(RESOURCE).await,
+            // Both servers of the run have this URI: the proxy exposes
+            // each server's under its namespace.
+            System::ProxyRead => self.proxy.read(&format!("ev+{RESOURCE}")).await,
             System::Release => {
                 let credential = self
                     .vault
@@ -740,7 +784,9 @@ async fn latency_phase(vault: &Vault, warmup: usize, calls: usize, block: usize)
             accumulate(&mut tally.vault, delta(&c0.vault, &c1.vault));
             tally.server = tally.server
                 + match system {
-                    System::Direct => c1.direct_server - c0.direct_server,
+                    System::Direct | System::DirectPrompt | System::DirectRead => {
+                        c1.direct_server - c0.direct_server
+                    }
                     _ => c1.proxied_servers - c0.proxied_servers,
                 };
             exited_threads += c0
@@ -773,7 +819,9 @@ async fn latency_phase(vault: &Vault, warmup: usize, calls: usize, block: usize)
         .audit_records;
 
     let count = |i: usize| tallies[i].warmup + tallies[i].latencies.len();
-    let (with, without, releases) = (count(1), count(2), count(3));
+    // Every request through the proxy with a scope is a release and a
+    // call record: the echo, the prompt and the read.
+    let (with, without, releases) = (count(1) + count(5) + count(7), count(2), count(3));
     Latency {
         rows: SYSTEMS
             .iter()
@@ -995,6 +1043,26 @@ fn render(setup: &Setup, l: &Latency, m: &MemoryPhase) -> String {
         release.p50_us, release.p99_us
     )
     .unwrap();
+    for (name, a, b) in [
+        (
+            "prompts/get: added by the proxy",
+            row(System::ProxyPrompt),
+            row(System::DirectPrompt),
+        ),
+        (
+            "resources/read: added by the proxy",
+            row(System::ProxyRead),
+            row(System::DirectRead),
+        ),
+    ] {
+        writeln!(
+            w,
+            "| {name} | {:+.1} | {:+.1} |",
+            a.p50_us - b.p50_us,
+            a.p99_us - b.p99_us
+        )
+        .unwrap();
+    }
 
     // Where the proxy's and the vault's CPU goes, by thread name.
     let thread_rows: Vec<ThreadRow<'_>> = l

@@ -56,6 +56,7 @@ impl Gateway {
     pub(super) async fn forward(
         self: &Arc<Self>,
         id: &Value,
+        key: &str,
         method: &Method,
         params: Value,
         sink: Option<Sink>,
@@ -130,7 +131,7 @@ impl Gateway {
         let log_full =
             self.log_full || routing.routes.iter().any(|r| r.id == rule_id && r.log_full);
         let progress = params.pointer("/_meta/progressToken").map(Value::to_string);
-        let Some((_live, cancel)) = self.session.begin(id, &server.id, progress, sink.clone())
+        let Some((_live, cancel)) = self.session.begin(key, &server.id, progress, sink.clone())
         else {
             return Err(CallError::new(
                 INVALID_REQUEST,
@@ -156,7 +157,16 @@ impl Gateway {
             Ok(Ok(result)) if *method == Method::ToolsCall => {
                 Ok(scrub_tool_error(result, credential.as_ref()))
             }
-            Ok(Ok(result)) => Ok(result),
+            Ok(Ok(mut result)) => {
+                if let Some(original) = resolved.original_uri.as_deref()
+                    && original != shown
+                {
+                    // A rewritten URI stays rewritten in what the client
+                    // reads back.
+                    expose_uri(&mut result, original, &shown);
+                }
+                Ok(result)
+            }
             Ok(Err(error)) => Err(CallError::from_downstream(error).scrubbed(credential.as_ref())),
             Err(err) => Err(err.scrubbed(credential.as_ref())),
         };
@@ -350,6 +360,19 @@ impl Gateway {
             }
         }
         self.submit_audit(record);
+    }
+}
+
+/// Renames the contents of a read from the URI at the server to the one
+/// the client knows.
+fn expose_uri(result: &mut Value, original: &str, shown: &str) {
+    let Some(contents) = result.get_mut("contents").and_then(Value::as_array_mut) else {
+        return;
+    };
+    for content in contents {
+        if content.get("uri").and_then(Value::as_str) == Some(original) {
+            content["uri"] = Value::String(shown.to_owned());
+        }
     }
 }
 

@@ -205,14 +205,15 @@ impl Gateway {
     /// Ends every open listen stream (its client is going away).
     pub fn close_streams(&self) {
         for listener in self.session.listeners() {
-            self.session.cancel(&listener.id);
+            self.session.cancel(&listener.key);
         }
     }
 
-    /// Cancels a client request, as `notifications/cancelled` would (a
-    /// stateless HTTP client cancels by closing the request's stream).
-    pub fn cancel(&self, request: &Value) {
-        self.session.cancel(request);
+    /// Cancels a request handled with [`Gateway::handle_keyed`], as
+    /// `notifications/cancelled` would (a stateless HTTP client cancels by
+    /// closing the request's stream).
+    pub fn cancel(&self, key: &str) {
+        self.session.cancel(key);
     }
 
     /// `subscriptions/listen`: acknowledges what is honoured on the
@@ -221,11 +222,12 @@ impl Gateway {
     async fn listen(
         &self,
         id: &Value,
+        key: &str,
         params: &Value,
         sink: Option<Sink>,
     ) -> Result<Value, CallError> {
         let filter = era::honoured(params.get("notifications").unwrap_or(&Value::Null));
-        let Some((_live, mut cancel)) = self.session.begin(id, "", None, sink.clone()) else {
+        let Some((_live, mut cancel)) = self.session.begin(key, "", None, sink.clone()) else {
             return Err(CallError::new(
                 INVALID_REQUEST,
                 format!("request id {id} is already in use by a request in flight"),
@@ -233,6 +235,7 @@ impl Gateway {
         };
         let listener = Listener {
             id: id.clone(),
+            key: key.to_owned(),
             filter: filter.clone(),
             sink: sink.clone(),
         };
@@ -246,7 +249,7 @@ impl Gateway {
             "params": {"notifications": filter, "_meta": {era::META_SUBSCRIPTION: id}}});
         self.session.send(ack, sink.as_ref());
         let _ = cancel.wait_for(|c| *c).await;
-        self.session.unlisten(id);
+        self.session.unlisten(key);
         Err(CallError {
             cancelled: true,
             ..CallError::new(error::INTERNAL_ERROR, "cancelled")
@@ -487,6 +490,19 @@ impl Gateway {
     /// (progress, requests to the client) sent to `sink` rather than to the
     /// session's stream.
     pub async fn handle_in(self: &Arc<Self>, message: Value, sink: Option<Sink>) -> Option<Value> {
+        self.handle_keyed(message, sink, None).await
+    }
+
+    /// Like [`Gateway::handle_in`], tracking a request by `key` instead of
+    /// its id: for requests of different clients that share this gateway
+    /// (stateless HTTP requests), whose ids may be the same. Such a request
+    /// is cancelled with [`Gateway::cancel`].
+    pub async fn handle_keyed(
+        self: &Arc<Self>,
+        message: Value,
+        sink: Option<Sink>,
+        key: Option<String>,
+    ) -> Option<Value> {
         let (id, method, params) = match Incoming::parse(message) {
             Ok(Incoming::Request { id, method, params }) => (id, method, params),
             Ok(Incoming::Notification { method, params }) => {
@@ -516,6 +532,7 @@ impl Gateway {
             Ok(era) => era,
             Err(err) => return Some(response(&id, Err(err))),
         };
+        let key = key.unwrap_or_else(|| id.to_string());
         let result = match &method {
             Method::Initialize => {
                 let mut result = self.initialize(&params);
@@ -543,7 +560,7 @@ impl Gateway {
                 Ok(result)
             }
             Method::Listen => {
-                let result = self.listen(&id, &params, sink).await;
+                let result = self.listen(&id, &key, &params, sink).await;
                 if result.as_ref().is_err_and(|e| e.cancelled) {
                     return None;
                 }
@@ -562,7 +579,7 @@ impl Gateway {
             | Method::ResourcesSubscribe
             | Method::ResourcesUnsubscribe
             | Method::Complete => {
-                let result = self.forward(&id, &method, params, sink).await;
+                let result = self.forward(&id, &key, &method, params, sink).await;
                 // A cancelled request gets no response (MCP cancellation).
                 if result.as_ref().is_err_and(|e| e.cancelled) {
                     return None;
@@ -585,7 +602,7 @@ impl Gateway {
         match method {
             Notification::Cancelled => {
                 if let Some(request) = params.get("requestId") {
-                    self.session.cancel(request);
+                    self.session.cancel(&request.to_string());
                 }
             }
             Notification::RootsChanged => {

@@ -75,6 +75,8 @@ pub struct ClientSession {
 pub struct Listener {
     /// Its request id: every notification on it carries it.
     pub id: Value,
+    /// The key it is tracked by.
+    pub key: String,
     /// What it asked for and the proxy honours.
     pub filter: Value,
     /// Its own stream, if it has one.
@@ -148,13 +150,13 @@ impl ClientSession {
         if listeners.len() >= MAX_ASKS {
             return false;
         }
-        listeners.insert(listener.id.to_string(), listener);
+        listeners.insert(listener.key.clone(), listener);
         true
     }
 
     /// Closes a listen stream.
-    pub fn unlisten(&self, id: &Value) {
-        self.lock_listeners().remove(&id.to_string());
+    pub fn unlisten(&self, key: &str) {
+        self.lock_listeners().remove(key);
     }
 
     /// The open listen streams.
@@ -206,17 +208,19 @@ impl ClientSession {
         }
     }
 
-    /// Starts tracking a client request that goes to `server_id`; the
-    /// guard stops it. `None` when a request with the same id is already
-    /// in flight (ids must not be reused while live).
+    /// Starts tracking a client request, by `key` (its id as JSON text,
+    /// unless the transport gives each request a key of its own), that
+    /// goes to `server_id`; the guard stops it. `None` when a request with
+    /// the same key is already in flight (ids must not be reused while
+    /// live).
     pub fn begin(
         &self,
-        id: &Value,
+        key: &str,
         server_id: &str,
         progress: Option<String>,
         sink: Option<Sink>,
     ) -> Option<(LiveGuard<'_>, watch::Receiver<bool>)> {
-        let key = id.to_string();
+        let key = key.to_owned();
         let (cancel, cancelled) = watch::channel(false);
         let mut live = self.lock_live();
         if live.contains_key(&key) {
@@ -240,9 +244,9 @@ impl ClientSession {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Cancels a live request, if the client's id names one.
-    pub fn cancel(&self, request: &Value) {
-        if let Some(live) = self.lock_live().get(&request.to_string()) {
+    /// Cancels a live request, if `key` names one.
+    pub fn cancel(&self, key: &str) {
+        if let Some(live) = self.lock_live().get(key) {
             let _ = live.cancel.send(true);
         }
     }

@@ -199,6 +199,27 @@ fn every_client_mode_works_over_serve_and_stateless_headers_are_checked() {
         status.contains("200") && body.contains("Echo: x"),
         "{status} {body}"
     );
+    // Stateless requests of different clients may carry the same id at
+    // the same time: each is answered.
+    let slow = json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {
+        "name": "ev__trigger-long-running-operation", "arguments": {"duration": 1, "steps": 2},
+        "_meta": meta}});
+    let headers = [
+        ("MCP-Protocol-Version", "2026-07-28"),
+        ("Mcp-Method", "tools/call"),
+        ("Mcp-Name", "ev__trigger-long-running-operation"),
+    ];
+    let (first, second) = std::thread::scope(|scope| {
+        let first = scope.spawn(|| post(&headers, &slow));
+        let second = scope.spawn(|| post(&headers, &slow));
+        (first.join().unwrap(), second.join().unwrap())
+    });
+    for (status, body) in [first, second] {
+        assert!(
+            status.contains("200") && body.contains("Long running operation completed"),
+            "{status} {body}"
+        );
+    }
     let future = json!({"jsonrpc": "2.0", "id": 3, "method": "tools/list", "params": {"_meta": {
         "io.modelcontextprotocol/protocolVersion": "2099-01-01",
         "io.modelcontextprotocol/clientCapabilities": {}}}});

@@ -284,7 +284,7 @@ downstream_servers:
 route_rules:
   - {{name: no sum, tool_match: ["get-sum"], downstream_server_id: everything, policy: deny}}
   - {{name: everything, tool_match: ["*"], downstream_server_id: everything}}
-  - {{name: second, tool_match: ["two__echo"], downstream_server_id: second}}
+  - {{name: second, tool_match: ["two__*"], downstream_server_id: second}}
 "#,
         program = program.display(),
         args = serde_json::to_string(&args).unwrap()
@@ -306,6 +306,8 @@ route_rules:
             {"op": "call", "name": "ev__echo", "arguments": {"message": "no prefix here"}},
             {"op": "list_prompts"},
             {"op": "get_prompt", "name": "simple-prompt"},
+            {"op": "list_resources"},
+            {"op": "read_resource", "uri": "two+demo://resource/dynamic/text/4"},
         ]),
     );
     let tools: Vec<&str> = results[0]["tools"]
@@ -342,6 +344,31 @@ route_rules:
         results[5]
     );
     assert!(results[6]["messages"].is_array(), "{:#}", results[6]);
+    // Both servers have the same resource URIs: each is exposed under its
+    // server's namespace, and reads back under that name.
+    let uris = results[7]["resources"].as_array().unwrap();
+    for uri in [
+        "ev+demo://resource/static/document/architecture.md",
+        "two+demo://resource/static/document/architecture.md",
+    ] {
+        assert!(uris.contains(&json!(uri)), "{uris:?}");
+    }
+    assert!(
+        !uris.contains(&json!("demo://resource/static/document/architecture.md")),
+        "{uris:?}"
+    );
+    let read = &results[8]["contents"][0];
+    assert_eq!(
+        read["uri"], "two+demo://resource/dynamic/text/4",
+        "{read:#}"
+    );
+    assert!(
+        read["text"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("Resource 4"),
+        "{read:#}"
+    );
 
     // Two servers without a prefix in one workspace: refused at apply,
     // naming both rules.
