@@ -23,8 +23,8 @@ use tokio::process::{Child, ChildStdin};
 use tokio::sync::{Mutex, Notify, mpsc, oneshot};
 
 use crate::downstream::{
-    Answer, BoxFuture, Call, Downstream, DownstreamError, Event, Hello, Inbound, Lists, ask,
-    cancelled, outcome, sort,
+    Answer, BoxFuture, Call, Downstream, DownstreamError, Era, Event, Hello, Inbound, Lists,
+    STATELESS_PROTOCOL, ask, cancelled, from_stateless, outcome, sort,
 };
 use crate::restart::Ending;
 use crate::vault::Released;
@@ -42,6 +42,11 @@ const MAX_LINE: usize = 16 << 20;
 /// stops reading for this long is stuck: it is killed, since a partial
 /// message may be in the pipe.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a new child may take to answer the `server/discover` probe;
+/// a server that does not answer in time is taken to speak the session
+/// protocol.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Requests to the client one child may have waiting at once; past this,
 /// its requests are refused.
@@ -75,8 +80,14 @@ pub struct StdioDownstream {
     alive: Arc<AtomicBool>,
     /// Its lists as last read (original names).
     lists: Lists,
-    /// Its `initialize` result.
+    /// Its `initialize` result, or for a stateless server its
+    /// `server/discover` result.
     initialized: std::sync::OnceLock<Value>,
+    /// It speaks the stateless protocol: every request carries the
+    /// proxy's envelope, and there is no handshake.
+    stateless: AtomicBool,
+    /// What it was told (the envelope of a stateless server's requests).
+    hello: Hello,
     /// When a request was last sent; with `idle_timeout`, when to stop it.
     last_used: std::sync::Mutex<std::time::Instant>,
     idle_timeout: Duration,
@@ -122,9 +133,100 @@ pub fn working_dir(server: &pb::DownstreamServer) -> Result<PathBuf, String> {
 }
 
 impl StdioDownstream {
-    /// Spawns and initialises the server with `credential` injected,
-    /// declaring what `hello` says.
+    /// Spawns the server with `credential` injected and opens the
+    /// protocol in its era: `server/discover` first, unless the server is
+    /// known to speak the session protocol (`era`); a server that answers
+    /// it with a stateless version is spoken to statelessly, any other
+    /// answer (an error, silence, or exiting) means `initialize`, declaring
+    /// what `hello` says. Returns the child and the era it speaks.
     pub async fn start(
+        server: &pb::DownstreamServer,
+        scope: Option<String>,
+        credential: Option<&Released>,
+        hello: &Hello,
+        era: Option<Era>,
+        events: mpsc::UnboundedSender<Event>,
+    ) -> Result<(Arc<Self>, Era), DownstreamError> {
+        let spawn = || Self::spawn(server, scope.clone(), credential, hello, events.clone());
+        let mut this = spawn()?;
+        if era != Some(Era::Legacy) {
+            let timeout = PROBE_TIMEOUT.min(call_timeout(server));
+            let probe = json!({"_meta": hello.envelope()});
+            match this
+                .request_cancellable("server/discover", probe, timeout, None)
+                .await
+            {
+                Ok(Ok(result))
+                    if result
+                        .get("supportedVersions")
+                        .and_then(Value::as_array)
+                        .is_some_and(|v| v.iter().any(|v| v == STATELESS_PROTOCOL)) =>
+                {
+                    let _ = this.initialized.set(result);
+                    this.stateless.store(true, Ordering::SeqCst);
+                    tracing::info!(server = %server.id, "downstream speaks {STATELESS_PROTOCOL}");
+                    return Ok((this, Era::Modern));
+                }
+                Ok(_) => {}
+                Err(DownstreamError::Timeout { .. }) => {
+                    // It may still take the probe late and settle on the
+                    // stateless protocol: start afresh.
+                    this.stop().await;
+                    this = spawn()?;
+                }
+                Err(_) => {
+                    // Some servers exit on any request before initialize.
+                    this.stop().await;
+                    this = spawn()?;
+                }
+            }
+        }
+        this.handshake(server, hello).await?;
+        Ok((this, Era::Legacy))
+    }
+
+    /// `initialize`, `notifications/initialized` and the log level the
+    /// client set, if the server logs.
+    async fn handshake(
+        &self,
+        server: &pb::DownstreamServer,
+        hello: &Hello,
+    ) -> Result<(), DownstreamError> {
+        let timeout = call_timeout(server);
+        let failed = match self
+            .request_cancellable("initialize", hello.params(), timeout, None)
+            .await
+        {
+            Ok(Ok(result)) => {
+                let _ = self.initialized.set(result);
+                None
+            }
+            Ok(Err(error)) => Some(format!("initialize failed: {error}")),
+            Err(err) => Some(format!("no answer to initialize: {err}")),
+        };
+        if let Some(reason) = failed {
+            self.stop().await;
+            return Err(DownstreamError::Start {
+                server: server.id.clone(),
+                reason,
+            });
+        }
+        self.send_notification("notifications/initialized", json!({}))
+            .await;
+        if let Some(level) = &hello.log_level
+            && (self as &dyn Downstream).declares("logging")
+        {
+            // The level the client set before this child started; a
+            // refusal costs only the child's log messages.
+            let _ = self
+                .request_cancellable("logging/setLevel", json!({"level": level}), timeout, None)
+                .await;
+        }
+        Ok(())
+    }
+
+    /// Spawns the server with `credential` injected, reading its output.
+    fn spawn(
         server: &pb::DownstreamServer,
         scope: Option<String>,
         credential: Option<&Released>,
@@ -187,6 +289,8 @@ impl StdioDownstream {
             alive: alive.clone(),
             lists: Lists::default(),
             initialized: std::sync::OnceLock::new(),
+            stateless: AtomicBool::new(false),
+            hello: hello.clone(),
             last_used: std::sync::Mutex::new(std::time::Instant::now()),
             idle_timeout: Duration::from_secs(u64::from(if server.idle_timeout_sec == 0 {
                 300
@@ -202,33 +306,6 @@ impl StdioDownstream {
             Arc::downgrade(&this),
             events,
         ));
-        let timeout = Duration::from_secs(u64::from(server.call_timeout_sec.max(1)));
-        let failed = match this
-            .request_cancellable("initialize", hello.params(), timeout, None)
-            .await
-        {
-            Ok(Ok(result)) => {
-                let _ = this.initialized.set(result);
-                None
-            }
-            Ok(Err(error)) => Some(format!("initialize failed: {error}")),
-            Err(err) => Some(format!("no answer to initialize: {err}")),
-        };
-        if let Some(reason) = failed {
-            this.stop().await;
-            return Err(start_err(reason));
-        }
-        this.send_notification("notifications/initialized", json!({}))
-            .await;
-        if let Some(level) = &hello.log_level
-            && (&*this as &dyn Downstream).declares("logging")
-        {
-            // The level the client set before this child started; a
-            // refusal costs only the child's log messages.
-            let _ = this
-                .request_cancellable("logging/setLevel", json!({"level": level}), timeout, None)
-                .await;
-        }
         Ok(this)
     }
 
@@ -400,6 +477,11 @@ impl StdioDownstream {
     }
 }
 
+/// The call timeout of a server.
+fn call_timeout(server: &pb::DownstreamServer) -> Duration {
+    Duration::from_secs(u64::from(server.call_timeout_sec.max(1)))
+}
+
 /// Counts a request in flight for as long as it lives.
 struct InFlight<'a>(&'a StdioDownstream);
 
@@ -480,13 +562,7 @@ async fn read_loop(
                 let asking = asking.clone();
                 asking.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
-                    let reply = match answer {
-                        Err(reply) => reply,
-                        Ok(answer) => answer.await.unwrap_or_else(|_| {
-                            json!({"jsonrpc": "2.0", "id": id, "error": {
-                                "code": -32603, "message": "the client did not answer"}})
-                        }),
-                    };
+                    let reply = answer.await;
                     asking.fetch_sub(1, Ordering::SeqCst);
                     this.write(&reply).await;
                 });
@@ -530,7 +606,22 @@ impl Downstream for StdioDownstream {
     ) -> BoxFuture<'a, Answer> {
         // Its credential was injected at start; the call's is the same
         // version (the pool checks), so it is not sent again.
-        Box::pin(self.request_cancellable(method, params, call.timeout, call.cancel))
+        Box::pin(async move {
+            if !self.stateless.load(Ordering::SeqCst) {
+                return self
+                    .request_cancellable(method, params, call.timeout, call.cancel)
+                    .await;
+            }
+            if method == "ping" || method == "logging/setLevel" {
+                // Not in the stateless protocol (the level rides each
+                // request's envelope).
+                return Ok(Ok(json!({})));
+            }
+            let params = self.hello.enveloped(params);
+            self.request_cancellable(method, params, call.timeout, call.cancel)
+                .await
+                .map(from_stateless)
+        })
     }
 
     fn notify<'a>(

@@ -19,8 +19,21 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::vault::Released;
 
-/// The protocol version the proxy speaks to downstreams.
+/// The session-era protocol version the proxy speaks to downstreams.
 pub const DOWNSTREAM_PROTOCOL: &str = "2025-11-25";
+
+/// The stateless protocol version the proxy speaks to downstreams that
+/// have it.
+pub const STATELESS_PROTOCOL: &str = "2026-07-28";
+
+/// The era of a connection, on either side of the proxy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Era {
+    /// 2025-11-25 and before: `initialize`, then requests.
+    Legacy,
+    /// 2026-07-28: stateless requests.
+    Modern,
+}
 
 /// Pages of one list read from one downstream at most.
 const MAX_PAGES: usize = 64;
@@ -146,6 +159,44 @@ pub struct Hello {
 }
 
 impl Hello {
+    /// The `_meta` every stateless request to a downstream carries: the
+    /// proxy's own envelope, never the client's. No client capability is
+    /// declared in this era (input requests are not relayed to it yet).
+    pub fn envelope(&self) -> serde_json::Map<String, Value> {
+        let mut meta = serde_json::Map::new();
+        meta.insert(
+            "io.modelcontextprotocol/protocolVersion".into(),
+            json!(STATELESS_PROTOCOL),
+        );
+        meta.insert(
+            "io.modelcontextprotocol/clientCapabilities".into(),
+            json!({}),
+        );
+        meta.insert(
+            "io.modelcontextprotocol/clientInfo".into(),
+            json!({"name": "mcplexer-proxy", "version": env!("CARGO_PKG_VERSION")}),
+        );
+        if let Some(level) = &self.log_level {
+            meta.insert("io.modelcontextprotocol/logLevel".into(), json!(level));
+        }
+        meta
+    }
+
+    /// Params of a stateless request: `params` with the envelope in its
+    /// `_meta` (beside what else is there, such as a progress token).
+    pub fn enveloped(&self, mut params: Value) -> Value {
+        if !params.is_object() {
+            params = json!({});
+        }
+        let meta = params
+            .as_object_mut()
+            .map(|p| p.entry("_meta").or_insert_with(|| json!({})));
+        if let Some(Value::Object(meta)) = meta {
+            meta.extend(self.envelope());
+        }
+        params
+    }
+
     /// The `initialize` params.
     pub fn params(&self) -> Value {
         let capabilities = if self.capabilities.is_object() {
@@ -374,15 +425,16 @@ pub(crate) fn sort(
     }
 }
 
-/// Hands a server's request to the gateway; returns where its answer will
-/// come, or the error answer to send at once when the gateway is gone.
+/// Hands a server's request to the gateway; the answer to send back (the
+/// client's, or an error when it gave none or the gateway is gone).
 pub(crate) fn ask(
     server_id: &str,
     request: Value,
     related: Option<Sink>,
     events: &mpsc::UnboundedSender<Event>,
-) -> Result<oneshot::Receiver<Value>, Value> {
+) -> BoxFuture<'static, Value> {
     let id = request.get("id").cloned().unwrap_or(Value::Null);
+    let failed = move |why: &str| json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32603, "message": why}});
     let (reply, answer) = oneshot::channel();
     let event = Event::Ask {
         server_id: server_id.to_owned(),
@@ -391,10 +443,34 @@ pub(crate) fn ask(
         reply,
     };
     if events.send(event).is_err() {
-        return Err(json!({"jsonrpc": "2.0", "id": id, "error": {
-            "code": -32603, "message": "mcplexer-proxy is shutting down"}}));
+        let reply = failed("mcplexer-proxy is shutting down");
+        return Box::pin(async move { reply });
     }
-    Ok(answer)
+    Box::pin(async move {
+        answer
+            .await
+            .unwrap_or_else(|_| failed("the client did not answer"))
+    })
+}
+
+/// A stateless downstream's result as the proxy passes it on: without the
+/// fields of that era (each client gets its own era's), and an error for a
+/// result that asks for input, which is not relayed yet.
+pub(crate) fn from_stateless(answer: Result<Value, Value>) -> Result<Value, Value> {
+    let mut result = answer?;
+    let Some(map) = result.as_object_mut() else {
+        return Ok(result);
+    };
+    match map.remove("resultType").as_ref().and_then(Value::as_str) {
+        None | Some("complete") => {}
+        Some(other) => {
+            return Err(json!({"code": -32603, "message": format!(
+                "the server answered with a {other:?} result, which mcplexer-proxy does not relay yet")}));
+        }
+    }
+    map.remove("ttlMs");
+    map.remove("cacheScope");
+    Ok(result)
 }
 
 /// A JSON-RPC response split into its result or its error object.

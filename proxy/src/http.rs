@@ -302,18 +302,12 @@ impl HttpDownstream {
             }
             Inbound::Response(..) | Inbound::Ignored => Dispatched::Nothing,
             Inbound::Ping(reply) => Dispatched::Reply(Box::pin(async move { reply })),
-            Inbound::Ask(request) => {
-                let id = request.get("id").cloned().unwrap_or(Value::Null);
-                match ask(&self.server_id, request, related.cloned(), &self.events) {
-                    Err(reply) => Dispatched::Reply(Box::pin(async move { reply })),
-                    Ok(answer) => Dispatched::Reply(Box::pin(async move {
-                        answer.await.unwrap_or_else(|_| {
-                            json!({"jsonrpc": "2.0", "id": id, "error": {
-                                "code": -32603, "message": "the client did not answer"}})
-                        })
-                    })),
-                }
-            }
+            Inbound::Ask(request) => Dispatched::Reply(ask(
+                &self.server_id,
+                request,
+                related.cloned(),
+                &self.events,
+            )),
         }
     }
 

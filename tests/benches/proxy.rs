@@ -711,12 +711,6 @@ struct Latency {
 
 async fn latency_phase(vault: &Vault, warmup: usize, calls: usize, block: usize) -> Latency {
     let mut admin = mcplexer_proto::admin_client(vault.channel().await);
-    let audit_before = admin
-        .status(StatusRequest {})
-        .await
-        .expect("status")
-        .into_inner()
-        .audit_records;
 
     let (program, args) = server_everything();
     let mut env = base_env();
@@ -730,7 +724,19 @@ async fn latency_phase(vault: &Vault, warmup: usize, calls: usize, block: usize)
         vault.root.path().join("direct.log"),
     )
     .await;
-    let proxy = start_proxy(vault, "proxy.log").await;
+    let mut proxy = start_proxy(vault, "proxy.log").await;
+    // The proxy lists resources and templates once, to know where a URI
+    // leads; each listing of a server with a scope is a release. Done
+    // before counting, so that the count below is of requests only.
+    for method in ["resources/list", "resources/templates/list"] {
+        proxy.request(method, json!({})).await;
+    }
+    let audit_before = admin
+        .status(StatusRequest {})
+        .await
+        .expect("status")
+        .into_inner()
+        .audit_records;
     let mut s = Sessions {
         direct,
         proxy,

@@ -36,14 +36,7 @@ pub fn stateless_version(message: &Value) -> Option<&str> {
         .and_then(Value::as_str)
 }
 
-/// The era of a connection.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Era {
-    /// 2025-11-25 and before: `initialize`, then requests.
-    Legacy,
-    /// 2026-07-28: stateless requests.
-    Modern,
-}
+pub use crate::downstream::Era;
 
 /// Every version the proxy serves, stateless ones first.
 pub fn all_versions() -> Vec<&'static str> {

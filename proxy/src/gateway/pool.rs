@@ -17,7 +17,7 @@ use tokio::sync::{Mutex, mpsc, watch};
 
 use super::error::{CallError, INTERNAL_ERROR};
 use crate::child::StdioDownstream;
-use crate::downstream::{Call, Downstream, DownstreamError, Event, Hello, Sink};
+use crate::downstream::{Call, Downstream, DownstreamError, Era, Event, Hello, Sink};
 use crate::http::HttpDownstream;
 use crate::restart::{Ending, History, Policy, Verdict};
 use crate::vault::{Released, VaultLink};
@@ -56,6 +56,10 @@ pub struct Pool {
     /// How children that stopped on their own ended: their restart policy
     /// and backoff decide when they start again.
     history: std::sync::Mutex<HashMap<Key, History>>,
+    /// The era each stdio server was found to speak, with the
+    /// configuration it was found under (a changed server is probed
+    /// again).
+    eras: std::sync::Mutex<HashMap<String, (pb::DownstreamServer, Era)>>,
 }
 
 /// The call timeout of a server.
@@ -81,6 +85,7 @@ impl Pool {
             starting: Mutex::new(()),
             reaping: Mutex::new(()),
             history: std::sync::Mutex::new(HashMap::new()),
+            eras: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
@@ -313,16 +318,30 @@ impl Pool {
                 self.may_start(&key, server)?;
             }
         }
+        let known = self
+            .eras
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&server.id)
+            .filter(|(spec, _)| spec == server)
+            .map(|(_, era)| *era);
         let started = StdioDownstream::start(
             server,
             target.scope.clone(),
             credential.as_ref(),
             &self.hello(),
+            known,
             self.events.clone(),
         )
         .await;
         let child = match started {
-            Ok(child) => child,
+            Ok((child, era)) => {
+                self.eras
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(server.id.clone(), (server.clone(), era));
+                child
+            }
             Err(err) => {
                 // What the child said (an initialize error) may echo the
                 // values it was started with.

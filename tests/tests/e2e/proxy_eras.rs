@@ -315,3 +315,73 @@ fn a_stateless_client_hears_of_list_changes_on_its_listen_stream() {
         "a notification nobody asked for was sent: {seen:#?}"
     );
 }
+
+#[test]
+fn a_server_that_speaks_only_the_stateless_protocol_is_a_downstream() {
+    let vault = mcplexer_tests::Vault::start();
+    let doc = format!(
+        r#"
+auth_scopes:
+  - {{id: st-token, name: Stateless token, type: env}}
+downstream_servers:
+  - {{id: stateless, name: Stateless, transport: stdio, command: {}, args: [{}], tool_namespace: st}}
+route_rules:
+  - {{name: stateless, tool_match: ["st__*"], downstream_server_id: stateless, auth_scope_id: st-token}}
+"#,
+        mcplexer_tests::peers::python().display(),
+        mcplexer_tests::peers::peers_dir()
+            .join("stateless_server.py")
+            .display()
+    );
+    let path = vault.write_file("stateless.yaml", &doc);
+    vault.ctl(["apply", "-f", path.to_str().unwrap()]).ok();
+    vault
+        .ctl_input(
+            ["secret", "set", "st-token", "STATELESS_TOKEN"],
+            b"stateless-secret-5b1",
+        )
+        .ok();
+    let script = json!([
+        {"op": "list_tools"},
+        {"op": "call", "name": "st__whoami", "arguments": {}},
+    ]);
+    for mode in ["legacy", "2026-07-28"] {
+        let mut args = vec!["--cwd".to_owned(), "/tmp".to_owned()];
+        for (key, value) in proxy_env() {
+            args.push("--env".into());
+            args.push(format!("{key}={value}"));
+        }
+        args.extend(["--mode".into(), mode.into(), "--".into()]);
+        args.push(bin("mcplexer-proxy").display().to_string());
+        args.extend([
+            "--socket".into(),
+            vault.socket.display().to_string(),
+            "stdio".into(),
+        ]);
+        let out = mcp_client_args(&args, &script);
+        let results = out["results"].as_array().unwrap();
+        assert_eq!(
+            results[0]["tools"],
+            json!(["st__whoami"]),
+            "{mode}: {out:#}"
+        );
+        let text = results[1]["text"][0]
+            .as_str()
+            .unwrap_or_else(|| panic!("{mode}: {out:#}"));
+        let seen: Value = serde_json::from_str(text).unwrap();
+        // The credential is injected; the request carries the proxy's own
+        // envelope in the stateless protocol, whatever the client spoke.
+        assert_eq!(seen["token"], "stateless-secret-5b1", "{mode}");
+        assert_eq!(seen["version"], "2026-07-28", "{mode}");
+        assert_eq!(seen["client"], "mcplexer-proxy", "{mode}: {seen}");
+        assert_eq!(
+            seen["meta"],
+            json!([
+                "io.modelcontextprotocol/clientCapabilities",
+                "io.modelcontextprotocol/clientInfo",
+                "io.modelcontextprotocol/protocolVersion"
+            ]),
+            "{mode}"
+        );
+    }
+}
