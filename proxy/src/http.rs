@@ -169,7 +169,14 @@ impl HttpDownstream {
             if let Ok(value) = HeaderValue::from_str(session) {
                 headers.insert(SESSION, value);
             }
-            headers.insert(PROTOCOL, HeaderValue::from_static(DOWNSTREAM_PROTOCOL));
+            // The version the server chose at initialize (it may be older
+            // than the one offered).
+            let negotiated = (self as &dyn Downstream)
+                .initialized()
+                .and_then(|init| init.get("protocolVersion")?.as_str().map(str::to_owned))
+                .and_then(|v| HeaderValue::from_str(&v).ok())
+                .unwrap_or(HeaderValue::from_static(DOWNSTREAM_PROTOCOL));
+            headers.insert(PROTOCOL, negotiated);
         }
         let send = self
             .client

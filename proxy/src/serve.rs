@@ -491,6 +491,14 @@ async fn answer(
     });
     let cancel_key = key.clone();
     let canceller = gateway.clone();
+    // A client that goes away before anything was streamed drops this
+    // future: its stateless request is cancelled then too. (Once done,
+    // cancelling its key does nothing; once streaming, the stream's task
+    // holds it.)
+    let gone = CancelOnDrop {
+        gateway: gateway.clone(),
+        key: key.clone(),
+    };
     let (sink, mut about) = mpsc::unbounded_channel();
     let sink = streams.then_some(sink);
     let mut handling = tokio::spawn(async move { gateway.handle_keyed(message, sink, key).await });
@@ -517,6 +525,7 @@ async fn answer(
     };
     let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(64);
     tokio::spawn(async move {
+        let _gone = gone;
         let event =
             |message: &Value| Ok(Bytes::from(format!("event: message\ndata: {message}\n\n")));
         // A client that goes away does not cancel the request (that takes
@@ -605,8 +614,23 @@ async fn end_session(State(served): State<Arc<Served>>, headers: HeaderMap) -> R
         Err((status, message)) => return error(status, message),
     };
     served.sessions.lock().await.remove(&id);
+    session.gateway.close_streams();
     session.gateway.shutdown().await;
     StatusCode::OK.into_response()
+}
+
+/// Cancels a stateless request when dropped.
+struct CancelOnDrop {
+    gateway: Arc<Gateway>,
+    key: Option<String>,
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some(key) = &self.key {
+            self.gateway.cancel(key);
+        }
+    }
 }
 
 /// Ends the sessions clients have left (most never send DELETE), with

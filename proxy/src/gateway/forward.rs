@@ -130,7 +130,18 @@ impl Gateway {
         };
         let log_full =
             self.log_full || routing.routes.iter().any(|r| r.id == rule_id && r.log_full);
-        let progress = params.pointer("/_meta/progressToken").map(Value::to_string);
+        // Progress is mapped per hop: the server gets a token of the
+        // proxy's, unique among the requests in flight (clients that share
+        // this gateway may use the same tokens), and the client gets its
+        // own back.
+        let client_token = params.pointer("/_meta/progressToken").cloned();
+        let hop_token = client_token
+            .as_ref()
+            .map(|_| Value::String(format!("mcplexer-progress-{key}")));
+        let progress = hop_token
+            .as_ref()
+            .zip(client_token)
+            .map(|(hop, client)| (hop.to_string(), client));
         let Some((_live, cancel)) = self.session.begin(key, &server.id, progress, sink.clone())
         else {
             return Err(CallError::new(
@@ -149,6 +160,9 @@ impl Gateway {
         };
         let mut forwarded = resolved.params;
         super::era::for_downstream(&mut forwarded);
+        if let Some(token) = hop_token {
+            forwarded["_meta"]["progressToken"] = token;
+        }
         let (answer, credential) = self
             .pool
             .request(&target, method.name(), forwarded, Some(cancel), sink)

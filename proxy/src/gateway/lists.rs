@@ -226,10 +226,17 @@ impl Gateway {
                 prefixed.insert(name.clone());
             }
         }
+        // A name of the form `<namespace>__…` of a prefixed server is that
+        // server's, whether or not it listed it just now.
+        let routing = self.vault.routing();
+        let claimed = |name: &str| {
+            crate::router::split_tool(name)
+                .is_some_and(|(namespace, _)| routing.by_namespace.contains_key(namespace))
+        };
         // The first server (by namespace) that has a name keeps it.
         let mut servers: HashMap<(ListKind, String), String> = HashMap::new();
         for (name, server_id) in unprefixed {
-            if !prefixed.contains(&name) {
+            if !prefixed.contains(&name) && !claimed(&name) {
                 servers
                     .entry((kind, name))
                     .or_insert_with(|| server_id.to_owned());
@@ -264,10 +271,18 @@ impl Gateway {
         found: Vec<(&pb::DownstreamServer, Value, String)>,
     ) -> Vec<Value> {
         let (_, addressed_by) = fields(kind);
+        // What could lead to more than one server: the same URI, or for
+        // templates the same literal start (the part a read is matched by).
+        let collides_by = |uri: &str| -> String {
+            match kind {
+                ListKind::Templates => uri.split('{').next().unwrap_or(uri).to_owned(),
+                _ => uri.to_owned(),
+            }
+        };
         let mut servers_of: HashMap<String, Vec<&str>> = HashMap::new();
         for (server, item, _) in &found {
             if let Some(uri) = item.get(addressed_by).and_then(Value::as_str) {
-                let servers = servers_of.entry(uri.to_owned()).or_default();
+                let servers = servers_of.entry(collides_by(uri)).or_default();
                 if !servers.contains(&server.id.as_str()) {
                     servers.push(&server.id);
                 }
@@ -283,7 +298,10 @@ impl Gateway {
             else {
                 continue;
             };
-            let shown = if servers_of.get(&uri).is_some_and(|s| s.len() > 1) {
+            let shown = if servers_of
+                .get(&collides_by(&uri))
+                .is_some_and(|s| s.len() > 1)
+            {
                 format!("{}+{uri}", server.tool_namespace)
             } else {
                 uri.clone()

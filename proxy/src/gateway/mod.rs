@@ -320,9 +320,13 @@ impl Gateway {
         if live.server_id != server_id {
             return;
         }
-        // Rebuilt from the fields progress has, not passed through.
+        // Rebuilt from the fields progress has, not passed through, under
+        // the client's own token.
         let mut params = serde_json::Map::new();
-        for field in ["progressToken", "progress", "total", "message"] {
+        if let Some(token) = live.client_token {
+            params.insert("progressToken".into(), token);
+        }
+        for field in ["progress", "total", "message"] {
             if let Some(value) = message.pointer(&format!("/params/{field}")) {
                 params.insert(field.to_owned(), value.clone());
             }
@@ -435,10 +439,18 @@ impl Gateway {
                 );
             }
         };
-        if self.session.declared(needs).is_none() {
+        // Only a session client that declared the capability, once it is
+        // initialised; a stateless client has no server-initiated requests.
+        if self.session.era() != Some(Era::Legacy) || self.session.declared(needs).is_none() {
             return refuse(
                 METHOD_NOT_FOUND,
                 format!("the client does not support {needs}"),
+            );
+        }
+        if !self.session.is_ready() {
+            return refuse(
+                error::INTERNAL_ERROR,
+                "the client is not initialised yet".to_owned(),
             );
         }
         let context = params.get("includeContext").and_then(Value::as_str);
@@ -532,6 +544,39 @@ impl Gateway {
             Ok(era) => era,
             Err(err) => return Some(response(&id, Err(err))),
         };
+        // Methods of one era only: the stateless revision has no handshake,
+        // ping, log level or resource subscriptions (and a stateless gateway
+        // is shared, so none of them may change it); listen streams are the
+        // stateless revision's, and one over HTTP needs the request's own
+        // stream.
+        let removed = match era {
+            Era::Modern => matches!(
+                method,
+                Method::Initialize
+                    | Method::Ping
+                    | Method::SetLevel
+                    | Method::ResourcesSubscribe
+                    | Method::ResourcesUnsubscribe
+            ),
+            Era::Legacy => method == Method::Listen,
+        };
+        if removed {
+            let err = CallError::new(
+                METHOD_NOT_FOUND,
+                format!(
+                    "{} is not part of the protocol revision this request speaks",
+                    method.name()
+                ),
+            );
+            return Some(response(&id, Err(err)));
+        }
+        if method == Method::Listen && key.is_some() && sink.is_none() {
+            let err = CallError::new(
+                INVALID_REQUEST,
+                "subscriptions/listen needs its own event stream (Accept: text/event-stream)",
+            );
+            return Some(response(&id, Err(err)));
+        }
         let key = key.unwrap_or_else(|| id.to_string());
         let result = match &method {
             Method::Initialize => {
@@ -592,7 +637,14 @@ impl Gateway {
             )),
         };
         let result = match era {
-            Era::Modern => result.map(|r| era::complete(r, &method)),
+            // The stateless revision retired -32002: a missing resource is
+            // invalid params there.
+            Era::Modern => result.map(|r| era::complete(r, &method)).map_err(|mut e| {
+                if e.code == error::RESOURCE_NOT_FOUND {
+                    e.code = error::INVALID_PARAMS;
+                }
+                e
+            }),
             Era::Legacy => result,
         };
         Some(response(&id, result))

@@ -28,8 +28,13 @@ const MAX_ASKS: usize = 64;
 pub struct Live {
     /// The server it went to.
     pub server_id: String,
-    /// Its progress token (as JSON text), if it carries one.
+    /// The progress token it carries towards the server (as JSON text),
+    /// if the client gave one: the proxy's own, unique among the requests
+    /// in flight.
     pub progress: Option<String>,
+    /// The client's progress token, which the server's progress is
+    /// relayed under.
+    pub client_token: Option<Value>,
     /// Its own stream, if it has one.
     pub sink: Option<Sink>,
     /// Turns true when the client cancels it.
@@ -217,9 +222,10 @@ impl ClientSession {
         &self,
         key: &str,
         server_id: &str,
-        progress: Option<String>,
+        progress: Option<(String, Value)>,
         sink: Option<Sink>,
     ) -> Option<(LiveGuard<'_>, watch::Receiver<bool>)> {
+        let (progress, client_token) = progress.unzip();
         let key = key.to_owned();
         let (cancel, cancelled) = watch::channel(false);
         let mut live = self.lock_live();
@@ -231,6 +237,7 @@ impl ClientSession {
             Live {
                 server_id: server_id.to_owned(),
                 progress,
+                client_token,
                 sink,
                 cancel,
             },

@@ -220,6 +220,54 @@ fn every_client_mode_works_over_serve_and_stateless_headers_are_checked() {
             "{status} {body}"
         );
     }
+    // Two clients with the same progress token at the same time: each
+    // hears its own call's progress, all of it, under its token.
+    let with_progress = json!({"jsonrpc": "2.0", "id": 8, "method": "tools/call", "params": {
+        "name": "ev__trigger-long-running-operation", "arguments": {"duration": 1, "steps": 2},
+        "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                  "io.modelcontextprotocol/clientCapabilities": {}, "progressToken": "p"}}});
+    let (first, second) = std::thread::scope(|scope| {
+        let first = scope.spawn(|| post(&headers, &with_progress));
+        let second = scope.spawn(|| post(&headers, &with_progress));
+        (first.join().unwrap(), second.join().unwrap())
+    });
+    for (status, body) in [first, second] {
+        assert!(status.contains("200"), "{status} {body}");
+        assert_eq!(
+            body.matches("notifications/progress").count(),
+            2,
+            "each stream has its own call's progress: {body}"
+        );
+        assert!(body.contains(r#""progressToken":"p""#), "{body}");
+        assert!(!body.contains("mcplexer-progress"), "{body}");
+    }
+    // A missing resource is invalid params in the stateless revision;
+    // a handshake is not part of it.
+    let missing = json!({"jsonrpc": "2.0", "id": 9, "method": "resources/read", "params": {
+        "uri": "nowhere://x", "_meta": meta}});
+    let (_, body) = post(
+        &[
+            ("MCP-Protocol-Version", "2026-07-28"),
+            ("Mcp-Method", "resources/read"),
+            ("Mcp-Name", "nowhere://x"),
+        ],
+        &missing,
+    );
+    assert!(
+        body.contains("-32602") && !body.contains("-32002"),
+        "{body}"
+    );
+    let init = json!({"jsonrpc": "2.0", "id": 10, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {"sampling": {}},
+        "clientInfo": {"name": "x", "version": "1"}, "_meta": meta}});
+    let (_, body) = post(
+        &[
+            ("MCP-Protocol-Version", "2026-07-28"),
+            ("Mcp-Method", "initialize"),
+        ],
+        &init,
+    );
+    assert!(body.contains("-32601"), "{body}");
     let future = json!({"jsonrpc": "2.0", "id": 3, "method": "tools/list", "params": {"_meta": {
         "io.modelcontextprotocol/protocolVersion": "2099-01-01",
         "io.modelcontextprotocol/clientCapabilities": {}}}});
