@@ -62,7 +62,7 @@ fn check(out: &Value, mode: &str) {
     assert!(text.starts_with("Resource 5"), "{mode}: {:#}", results[6]);
 }
 
-fn over_stdio(vault: &mcplexer_tests::Vault, mode: &str) -> Value {
+fn over_stdio(vault: &mcplexer_tests::Vault, mode: &str, script: &Value) -> Value {
     let mut args = vec!["--cwd".to_owned(), "/tmp".to_owned()];
     for (key, value) in proxy_env() {
         args.push("--env".into());
@@ -75,7 +75,7 @@ fn over_stdio(vault: &mcplexer_tests::Vault, mode: &str) -> Value {
         vault.socket.display().to_string(),
         "stdio".into(),
     ]);
-    mcp_client_args(&args, &script())
+    mcp_client_args(&args, script)
 }
 
 #[test]
@@ -86,7 +86,7 @@ fn every_client_mode_works_over_stdio() {
         ("auto", "2026-07-28"),
         ("2026-07-28", "2026-07-28"),
     ] {
-        let out = over_stdio(&vault, mode);
+        let out = over_stdio(&vault, mode, &script());
         assert_eq!(out["protocol_version"], version, "{mode}: {out:#}");
         check(&out, mode);
     }
@@ -394,19 +394,7 @@ route_rules:
         {"op": "call", "name": "st__whoami", "arguments": {}},
     ]);
     for mode in ["legacy", "2026-07-28"] {
-        let mut args = vec!["--cwd".to_owned(), "/tmp".to_owned()];
-        for (key, value) in proxy_env() {
-            args.push("--env".into());
-            args.push(format!("{key}={value}"));
-        }
-        args.extend(["--mode".into(), mode.into(), "--".into()]);
-        args.push(bin("mcplexer-proxy").display().to_string());
-        args.extend([
-            "--socket".into(),
-            vault.socket.display().to_string(),
-            "stdio".into(),
-        ]);
-        let out = mcp_client_args(&args, &script);
+        let out = over_stdio(&vault, mode, &script);
         let results = out["results"].as_array().unwrap();
         assert_eq!(
             results[0]["tools"],
