@@ -24,7 +24,7 @@ use tokio::sync::{Mutex, Notify, mpsc, oneshot};
 
 use crate::downstream::{
     Answer, BoxFuture, Call, Downstream, DownstreamError, Era, Event, Hello, Inbound, Lists,
-    STATELESS_PROTOCOL, ask, cancelled, from_stateless, outcome, sort,
+    STATELESS_PROTOCOL, ask, call_timeout, cancelled, from_stateless, outcome, sort,
 };
 use crate::restart::Ending;
 use crate::vault::Released;
@@ -475,11 +475,6 @@ impl StdioDownstream {
         };
         Some((Ending::Exited(status), uptime))
     }
-}
-
-/// The call timeout of a server.
-fn call_timeout(server: &pb::DownstreamServer) -> Duration {
-    Duration::from_secs(u64::from(server.call_timeout_sec.max(1)))
 }
 
 /// Counts a request in flight for as long as it lives.

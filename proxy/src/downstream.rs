@@ -26,6 +26,11 @@ pub const DOWNSTREAM_PROTOCOL: &str = "2025-11-25";
 /// have it.
 pub const STATELESS_PROTOCOL: &str = "2026-07-28";
 
+/// How long a request to `server` may take.
+pub fn call_timeout(server: &pb::DownstreamServer) -> Duration {
+    Duration::from_secs(u64::from(server.call_timeout_sec.max(1)))
+}
+
 /// The era of a connection, on either side of the proxy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Era {

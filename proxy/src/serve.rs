@@ -33,8 +33,7 @@ use serde_json::{Value, json};
 use tokio::sync::{Mutex, mpsc};
 
 use crate::gateway::{
-    Gateway, HEADER_MISMATCH, MODERN_VERSIONS, SUPPORTED_VERSIONS, UNSUPPORTED_VERSION,
-    stateless_version,
+    Gateway, HEADER_MISMATCH, MODERN_VERSIONS, UNSUPPORTED_VERSION, all_versions, stateless_version,
 };
 use crate::vault::VaultLink;
 
@@ -140,9 +139,8 @@ struct Served {
     /// How long a session the client has left is kept, with its children.
     idle: std::time::Duration,
     /// What answers stateless (2026-07-28) requests, which belong to no
-    /// session; and how many of them are being answered.
+    /// session.
     stateless: Arc<Gateway>,
-    stateless_busy: Arc<AtomicUsize>,
 }
 
 /// A stateless request's HTTP headers checked against its body, which is
@@ -274,15 +272,6 @@ fn check(served: &Served, headers: &HeaderMap) -> Result<(), Refusal> {
     Ok(())
 }
 
-/// Every version served, stateless ones first.
-fn all_versions() -> Vec<&'static str> {
-    MODERN_VERSIONS
-        .iter()
-        .chain(SUPPORTED_VERSIONS)
-        .copied()
-        .collect()
-}
-
 /// Refuses a request whose `MCP-Protocol-Version` names a version the
 /// proxy does not serve: 400 with -32022 and the versions it does.
 fn check_version(headers: &HeaderMap) -> Result<(), Box<Response>> {
@@ -387,8 +376,7 @@ async fn post_message(
             .iter()
             .filter_map(|v| v.to_str().ok())
             .any(|v| v.contains("text/event-stream"));
-        let busy = Busy::new(&served.stateless_busy);
-        return answer(served.stateless.clone(), message, streams, busy, true).await;
+        return answer(served.stateless.clone(), message, streams, None, true).await;
     }
     let initialize = message.get("method").and_then(Value::as_str) == Some("initialize");
     let (id, session) = if initialize {
@@ -460,7 +448,7 @@ async fn post_message(
         .any(|v| v.contains("text/event-stream"));
     session.touch();
     let busy = Busy::new(&session.busy);
-    let mut response = answer(session.gateway.clone(), message, streams, busy, false).await;
+    let mut response = answer(session.gateway.clone(), message, streams, Some(busy), false).await;
     if initialize && let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(SESSION, value);
     }
@@ -478,7 +466,7 @@ async fn answer(
     gateway: Arc<Gateway>,
     message: Value,
     streams: bool,
-    busy: Busy,
+    busy: Option<Busy>,
     cancel_on_close: bool,
 ) -> Response {
     let is_request = message.get("method").is_some() && message.get("id").is_some();
@@ -802,7 +790,6 @@ pub async fn run(
         sessions: Mutex::new(HashMap::new()),
         idle,
         stateless,
-        stateless_busy: Arc::new(AtomicUsize::new(0)),
     });
     tokio::spawn(end_abandoned(Arc::downgrade(&served)));
     let app = Router::new()

@@ -20,6 +20,9 @@ use crate::redact::{Scrub, redact};
 use crate::router::{Decision, split_tool};
 use crate::vault::Released;
 
+/// Resource subscriptions one session keeps at most.
+const MAX_SUBSCRIPTIONS: usize = 1024;
+
 /// Where a request is addressed.
 enum Address {
     /// A tool or prompt by its exposed name.
@@ -193,7 +196,16 @@ impl Gateway {
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             let key = (server.id.clone(), original.clone());
             if *method == Method::ResourcesSubscribe {
-                subscriptions.insert(key, shown.clone());
+                // Past the bound the server still has the subscription,
+                // but its updates are not relayed (each entry is a
+                // client's choice; none may grow the map without end).
+                if subscriptions.len() < MAX_SUBSCRIPTIONS || subscriptions.contains_key(&key) {
+                    subscriptions.insert(key, shown.clone());
+                } else {
+                    tracing::warn!(
+                        "more than {MAX_SUBSCRIPTIONS} resource subscriptions; {shown} is not relayed"
+                    );
+                }
             } else {
                 subscriptions.remove(&key);
             }

@@ -38,7 +38,9 @@ pub use crate::downstream::Sink;
 use crate::downstream::{Downstream, Event, ListKind};
 use crate::vault::{VaultError, VaultLink};
 use era::Era;
-pub use era::{HEADER_MISMATCH, MODERN_VERSIONS, UNSUPPORTED_VERSION, stateless_version};
+pub use era::{
+    HEADER_MISMATCH, MODERN_VERSIONS, UNSUPPORTED_VERSION, all_versions, stateless_version,
+};
 use error::{CallError, INVALID_REQUEST, METHOD_NOT_FOUND, response};
 use message::{Incoming, Invalid, Method, Notification};
 use pool::{Pool, call_timeout};

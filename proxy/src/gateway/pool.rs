@@ -17,6 +17,7 @@ use tokio::sync::{Mutex, mpsc, watch};
 
 use super::error::{CallError, INTERNAL_ERROR};
 use crate::child::StdioDownstream;
+pub use crate::downstream::call_timeout;
 use crate::downstream::{Call, Downstream, DownstreamError, Era, Event, Hello, Sink};
 use crate::http::HttpDownstream;
 use crate::restart::{Ending, History, Policy, Verdict};
@@ -60,11 +61,6 @@ pub struct Pool {
     /// configuration it was found under (a changed server is probed
     /// again).
     eras: std::sync::Mutex<HashMap<String, (pb::DownstreamServer, Era)>>,
-}
-
-/// The call timeout of a server.
-pub fn call_timeout(server: &pb::DownstreamServer) -> Duration {
-    Duration::from_secs(u64::from(server.call_timeout_sec.max(1)))
 }
 
 /// Ends an HTTP session in the background (its DELETE carries no
